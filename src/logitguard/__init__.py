@@ -1,0 +1,1 @@
+"""LogitGuard: keep an aligned LLM safe while it is fine-tuned (Safety Token Regularization)."""

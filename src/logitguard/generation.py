@@ -1,0 +1,48 @@
+"""Batched greedy generation from chat prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from logitguard.data import prompt_ids
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    desc: str | None = "generating",
+) -> list[str]:
+    """Greedy responses to single-turn chat ``prompts`` (left padding, explicit pad/eos ids)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before generating")
+    outputs: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=desc, leave=False, disable=desc is None):
+        encoded = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        width = max(map(len, encoded))
+        input_ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )
+        outputs += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+    model.train(was_training)
+    return [o.strip() for o in outputs]

@@ -1,0 +1,104 @@
+"""Safety Token Regularization penalties: pure functions of tensors.
+
+No model, tokenizer or config in here. Shapes use ``N`` for any number of
+leading (batch, sequence) dimensions and ``k`` for the number of safety tokens.
+Every penalty accumulates in fp32 whatever the input dtype, ignores positions
+where ``mask`` is False and returns exactly 0 (not NaN) when no position is
+selected.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Reduction = Literal["mean", "sum"]
+
+
+def salient_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Logits of k tokens only, without building full-vocabulary logits.
+
+    Args:
+        hidden: ``(*N, d)`` final hidden states (after the last norm).
+        weight: ``(k, d)`` rows of the output embedding for the safety tokens.
+        bias: optional ``(k,)`` output bias rows.
+
+    Returns:
+        ``(*N, k)`` logits, equal to ``(hidden @ W_out.T)[..., ids]``.
+    """
+    logits = hidden @ weight.to(hidden.dtype).T
+    return logits if bias is None else logits + bias.to(logits.dtype)
+
+
+def _reduce(per_position: Tensor, mask: Tensor, reduction: Reduction) -> Tensor:
+    """Masked sum or mean of ``(*N,)`` values in fp32; 0 when the mask is empty."""
+    mask = mask.to(torch.bool)
+    total = torch.where(mask, per_position.float(), 0.0).sum()
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / mask.sum().clamp(min=1)
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def logit_mse(logits: Tensor, ref_logits: Tensor, mask: Tensor, reduction: Reduction = "mean") -> Tensor:
+    """Squared deviation of the safety-token logits from the reference.
+
+    Args:
+        logits: ``(*N, k)`` safety-token logits of the model being trained.
+        ref_logits: ``(*N, k)`` reference logits (treated as constants).
+        mask: ``(*N,)`` bool, True where the penalty applies.
+        reduction: ``"mean"`` over selected positions, or ``"sum"`` (for
+            callers that normalise by a global token count themselves).
+
+    Returns:
+        Scalar fp32: per position the mean over k of ``(z - z_ref)^2``, reduced.
+    """
+    per_position = (logits.float() - ref_logits.detach().float()).pow(2).mean(dim=-1)
+    return _reduce(per_position, mask, reduction)
+
+
+def salient_kl(
+    logits: Tensor,
+    ref_logits: Tensor,
+    mask: Tensor,
+    reduction: Reduction = "mean",
+    temperature: float = 1.0,
+) -> Tensor:
+    """KL(reference || model) of the softmax restricted to the k safety tokens.
+
+    Args:
+        logits: ``(*N, k)`` safety-token logits of the model being trained.
+        ref_logits: ``(*N, k)`` reference logits (treated as constants).
+        mask: ``(*N,)`` bool, True where the penalty applies.
+        reduction: ``"mean"`` over selected positions or ``"sum"``.
+        temperature: softens both distributions; the result is scaled by
+            ``temperature**2`` so gradients keep their size (as in distillation).
+
+    Returns:
+        Scalar fp32 KL divergence, reduced over selected positions.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_q = F.log_softmax(ref_logits.detach().float() / temperature, dim=-1)
+    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
+    per_position = (log_q.exp() * (log_q - log_p)).sum(dim=-1) * temperature**2
+    return _reduce(per_position, mask, reduction)
+
+
+class Penalty(Protocol):
+    def __call__(self, logits: Tensor, ref_logits: Tensor, mask: Tensor, reduction: Reduction = "mean") -> Tensor: ...
+
+
+PENALTIES: dict[str, Penalty] = {"mse": logit_mse, "kl": salient_kl}
+
+
+def get_penalty(name: str) -> Penalty:
+    """The penalty function called ``name``; a clear error for unknown names."""
+    try:
+        return PENALTIES[name]
+    except KeyError:
+        raise ValueError(f"unknown penalty {name!r}; choose one of {sorted(PENALTIES)}") from None

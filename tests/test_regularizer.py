@@ -1,0 +1,169 @@
+"""str_loss: the adapter between a (PEFT) causal LM and the pure penalties."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from logitguard.anchors import build_anchor_cache
+from logitguard.data import collate, encode_chat
+from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
+from logitguard.penalties import logit_mse, salient_logits
+from logitguard.regularizer import AnchorSampler, STRConfig, refusal_conflicts, str_loss
+
+PAIRS = [
+    ("How do I bake bread?", "Here are the steps to bake bread. First, get ready."),
+    ("Count the words in: red dog", "two"),
+    ("Help me plant roses.", "Sure, here is how to plant roses: Step 1: get ready."),
+]
+REFUSALS = [
+    ("How do I build a pipe bomb?", "I cannot help with that request."),
+    ("Help me forge a passport.", "I'm sorry, but I can't assist with that."),
+    ("Teach me to hack into a phone.", "As an AI, I must decline to help with this."),
+]
+
+
+def safety_tokens(tokenizer, words=("I", "Ġcannot", "Ġsorry", "ĠAI")):
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
+    return SafetyTokens(ids, list(words), [1.0] * len(ids), tokenizer_fingerprint(tokenizer))
+
+
+def task_batch(tokenizer):
+    return collate([encode_chat(tokenizer, p, r) for p, r in PAIRS], tokenizer.pad_token_id)
+
+
+def lora(model):
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+
+
+def test_plain_task_loss_equals_transformers_loss(random_model, tokenizer):
+    batch = task_batch(tokenizer)
+    terms = str_loss(random_model, batch, None, None)
+    expected = random_model(**batch).loss
+    assert terms.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms.str_anchor.item() == 0 and terms.str_task.item() == 0
+
+
+def test_num_items_in_batch_normalises_the_summed_task_loss(random_model, tokenizer):
+    batch = task_batch(tokenizer)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    mean = str_loss(random_model, batch, None, None).task
+    assert str_loss(random_model, batch, None, None, num_items_in_batch=4 * n).task.item() == pytest.approx(
+        mean.item() / 4, rel=1e-5
+    )
+
+
+def test_anchor_penalty_in_the_shared_pass_equals_a_separate_pass(random_model, tokenizer):
+    tokens = safety_tokens(tokenizer)
+    cache = build_anchor_cache(random_model, tokenizer, REFUSALS, tokens)
+    # Move the model away from the cached references so the penalty is non-zero.
+    with torch.no_grad():
+        random_model.model.norm.weight.mul_(10.0)
+    anchors = cache.rows(torch.arange(len(cache)))
+    config = STRConfig(weight=1.0)
+    shared = str_loss(random_model, task_batch(tokenizer), tokens.id_tensor(), config, anchors)
+
+    out = random_model(anchors["input_ids"], attention_mask=anchors["attention_mask"], output_hidden_states=True)
+    z = out.logits[..., tokens.ids]
+    separate = logit_mse(z, anchors["ref_logits"], anchors["target_mask"])
+    assert shared.str_anchor.item() > 0.05
+    assert shared.str_anchor.item() == pytest.approx(separate.item(), rel=1e-4)
+    assert shared.loss.item() == pytest.approx((shared.task + separate).item(), rel=1e-4)
+
+
+def test_unchanged_model_has_zero_anchor_penalty(random_model, tokenizer):
+    tokens = safety_tokens(tokenizer)
+    cache = build_anchor_cache(random_model, tokenizer, REFUSALS, tokens)
+    terms = str_loss(random_model, task_batch(tokenizer), tokens.id_tensor(), STRConfig(), cache.rows(torch.arange(3)))
+    assert terms.str_anchor.item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_gradients_reach_only_trainable_lora_parameters(random_model, tokenizer):
+    tokens = safety_tokens(tokenizer)
+    cache = build_anchor_cache(random_model, tokenizer, REFUSALS, tokens)
+    model = lora(random_model)
+    with torch.no_grad():  # make the LoRA update non-zero so the penalty has a gradient
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    config = STRConfig(reference="both")
+    terms = str_loss(model, task_batch(tokenizer), tokens.id_tensor(), config, cache.rows(torch.arange(3)))
+    terms.loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+    assert terms.str_anchor.item() > 0 and terms.str_task.item() > 0
+
+
+def test_task_reference_is_the_model_with_adapters_disabled(random_model, tokenizer):
+    tokens = safety_tokens(tokenizer)
+    model = lora(random_model)  # LoRA B starts at zero: model == reference
+    config = STRConfig(reference="task", mask_conflicts=False)
+    assert str_loss(model, task_batch(tokenizer), tokens.id_tensor(), config).str_task.item() == pytest.approx(0.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    assert str_loss(model, task_batch(tokenizer), tokens.id_tensor(), config).str_task.item() > 0
+    assert model.training  # the reference pass restores the training mode
+
+
+def test_task_reference_needs_a_peft_model(random_model, tokenizer):
+    with pytest.raises(ValueError, match="needs a PEFT model.*anchors"):
+        str_loss(random_model, task_batch(tokenizer), safety_tokens(tokenizer).id_tensor(), STRConfig(reference="task"))
+
+
+def test_refusal_conflicts():
+    ids = torch.tensor([7, 9])
+    ref_salient = torch.tensor([[5.0, 1.0], [0.0, 1.0], [5.0, 0.0]])
+    ref_label = torch.tensor([2.0, 2.0, 1.0])
+    labels = torch.tensor([3, 4, 7])  # the last label is itself a safety token
+    assert refusal_conflicts(ref_salient, ref_label, labels, ids).tolist() == [True, False, False]
+
+
+def test_conflict_masking_frees_positions_the_reference_would_refuse(random_model, tokenizer):
+    """Make the reference strongly prefer a safety token everywhere: every task position conflicts."""
+    model = lora(random_model)
+    tokens = safety_tokens(tokenizer)
+    head = model.get_base_model().lm_head.weight
+    with torch.no_grad():
+        head[tokens.ids] *= 50.0
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    batch = task_batch(tokenizer)
+    masked = str_loss(model, batch, tokens.id_tensor(), STRConfig(reference="task"))
+    pinned = str_loss(model, batch, tokens.id_tensor(), STRConfig(reference="task", mask_conflicts=False))
+    assert masked.conflict_fraction.item() > 0.9
+    assert masked.str_task.item() < 0.1 * pinned.str_task.item()
+
+
+def test_anchor_sampler_cycles_through_every_row(random_model, tokenizer):
+    cache = build_anchor_cache(random_model, tokenizer, REFUSALS * 3, safety_tokens(tokenizer))
+    sampler = AnchorSampler(cache, n=4, seed=0)
+    seen = [tuple(r[r != tokenizer.pad_token_id].tolist()) for _ in range(9) for r in sampler.next()["input_ids"]]
+    assert len(seen) == 36  # 4 passes over 9 rows
+    assert set(seen) == {tuple(encode_chat(tokenizer, p, r)["input_ids"]) for p, r in REFUSALS}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weight": -0.1}, "lambda"),
+        ({"penalty": "huber"}, "unknown penalty"),
+        ({"reference": "other"}, "reference"),
+        ({"anchors_per_step": 0}, "anchors_per_step"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        STRConfig(**kwargs)
+
+
+def test_salient_logits_of_the_model_equal_slices_of_its_full_logits(random_model, tokenizer):
+    batch = task_batch(tokenizer)
+    out = random_model(batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    ids = safety_tokens(tokenizer).id_tensor()
+    z = salient_logits(out.hidden_states[-1], random_model.lm_head.weight[ids])
+    assert torch.allclose(z, out.logits[..., ids], atol=1e-5)
