@@ -40,6 +40,12 @@ def random_model(tokenizer):
 
 
 @pytest.fixture(scope="session")
+def toy():
+    """The default toy checkpoints, built once into $LOGITGUARD_CACHE (shared with the demo test)."""
+    return toy_models()
+
+
+@pytest.fixture(scope="session")
 def small_toy(tmp_path_factory):
     """Base and aligned checkpoints of the small recipe (saved with save_pretrained)."""
     return toy_models(SMALL_RECIPE, cache_dir=tmp_path_factory.mktemp("toy-cache"))

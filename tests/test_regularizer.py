@@ -3,12 +3,17 @@
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from logitguard.anchors import build_anchor_cache
 from logitguard.data import collate, encode_chat
 from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
+from logitguard.generation import generate
 from logitguard.penalties import logit_mse, salient_logits
+from logitguard.refusal import is_refusal, refusal_rate
 from logitguard.regularizer import AnchorSampler, STRConfig, refusal_conflicts, str_loss
+from logitguard.toy.corpus import ALIGNED_BENIGN, HELDOUT_TEMPLATES, HOMONYMS, TRAIN_TEMPLATES
+from logitguard.training import TrainConfig, train
 
 PAIRS = [
     ("How do I bake bread?", "Here are the steps to bake bread. First, get ready."),
@@ -122,21 +127,26 @@ def test_refusal_conflicts():
     assert refusal_conflicts(ref_salient, ref_label, labels, ids).tolist() == [True, False, False]
 
 
-def test_conflict_masking_frees_positions_the_reference_would_refuse(random_model, tokenizer):
-    """Make the reference strongly prefer a safety token everywhere: every task position conflicts."""
-    model = lora(random_model)
+def test_conflict_masking_lets_the_task_teach_what_the_reference_refuses(small_toy, corpus):
+    """The aligned model refuses some benign task prompts; pinning those positions to it keeps the refusals."""
+    tokenizer = AutoTokenizer.from_pretrained(small_toy.aligned)
+    aligned = AutoModelForCausalLM.from_pretrained(small_toy.aligned)
+    requests = [(t.format(act=act), act) for act in HOMONYMS for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES]
+    answers = generate(aligned, tokenizer, [p for p, _ in requests], max_new_tokens=8, desc=None)
+    data = [(p, ALIGNED_BENIGN.format(act=act)) for (p, act), a in zip(requests, answers, strict=True) if is_refusal(a)]
+    assert len(data) >= 4, "the small toy model should over-refuse some XSTest-style prompts"
+    refused = [p for p, _ in data]
     tokens = safety_tokens(tokenizer)
-    head = model.get_base_model().lm_head.weight
-    with torch.no_grad():
-        head[tokens.ids] *= 50.0
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    batch = task_batch(tokenizer)
-    masked = str_loss(model, batch, tokens.id_tensor(), STRConfig(reference="task"))
-    pinned = str_loss(model, batch, tokens.id_tensor(), STRConfig(reference="task", mask_conflicts=False))
-    assert masked.conflict_fraction.item() > 0.9
-    assert masked.str_task.item() < 0.1 * pinned.str_task.item()
+    rates = {}
+    for mask_conflicts in (True, False):
+        model = lora(AutoModelForCausalLM.from_pretrained(small_toy.aligned))
+        config = STRConfig(reference="task", weight=10.0, mask_conflicts=mask_conflicts)
+        history = train(
+            model, tokenizer, data, TrainConfig(steps=40, batch_size=4, lr=3e-3), config, tokens.id_tensor()
+        )
+        assert (history[0]["str_conflict_fraction"] > 0) == mask_conflicts
+        rates[mask_conflicts] = refusal_rate(generate(model, tokenizer, refused, max_new_tokens=8, desc=None))
+    assert rates[True] <= 0.2 and rates[False] >= rates[True] + 0.2, rates
 
 
 def test_anchor_sampler_cycles_through_every_row(random_model, tokenizer):

@@ -134,4 +134,3 @@ def build_anchor_cache(
     return AnchorCache(
         batch["input_ids"], batch["attention_mask"], target, ref_logits, ids, model_fingerprint(model, ids)
     )
-

@@ -44,30 +44,33 @@ class DemoConfig:
     """Settings of the demo; the defaults are the ones README reports."""
 
     seed: int = 0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150, batch_size=16, lr=2e-3, warmup_steps=10))
-    str_config: STRConfig = field(default_factory=lambda: STRConfig(penalty="mse", weight=1.0, anchors_per_step=8))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=16, lr=3e-3, warmup_steps=10))
+    str_config: STRConfig = field(default_factory=lambda: STRConfig(penalty="kl", weight=0.3, anchors_per_step=8))
     k: int = 24
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = 16
+    lora_alpha: int = 32
     n_anchor_prompts: int = 256
     n_discovery_benign: int = 128
-    monitor_every: int = 15
+    monitor_every: int = 30
     n_monitor_prompts: int = 64
     recipe: ToyRecipe = field(default_factory=ToyRecipe)
+
+    def __post_init__(self) -> None:
+        if self.k <= 0:
+            raise ValueError(f"k (number of safety tokens) must be > 0, got {self.k}")
 
 
 def lora_model(path: Path, config: DemoConfig) -> torch.nn.Module:
     """A fresh LoRA model on the aligned checkpoint, loaded through ``from_pretrained``."""
     torch.manual_seed(config.seed)
     base = AutoModelForCausalLM.from_pretrained(path)
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.05, target_modules="all-linear"
-    )
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.05, target_modules="all-linear")
     return get_peft_model(base, lora)
 
 
 def aligned_responses(model, tokenizer, prompts: list[str]) -> list[tuple[str, str]]:
-    return list(zip(prompts, generate(model, tokenizer, prompts, max_new_tokens=24, desc="aligned responses")))
+    responses = generate(model, tokenizer, prompts, max_new_tokens=24, desc="aligned responses")
+    return list(zip(prompts, responses, strict=True))
 
 
 def prepare_str(model, tokenizer, corpus: ToyCorpus, config: DemoConfig, out: Path) -> tuple[SafetyTokens, AnchorCache]:
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {key: value for key, value in overrides.items() if value is not None}
         config.str_config = STRConfig(**{**asdict(config.str_config), **overrides})
         if args.k is not None:
-            config.k = args.k
+            config = DemoConfig(**{**vars(config), "k": args.k})
         out = args.out or Path(time.strftime("logitguard-demo-%Y%m%d-%H%M%S"))
         summary = run_demo(config, out)
     except (ValueError, PermissionError, NotADirectoryError) as err:

@@ -73,7 +73,8 @@ class SafetyTokens:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
         if raw.get("version") != ARTIFACT_VERSION:
-            raise ValueError(f"{path}: safety-token artifact version {raw.get('version')!r}, expected {ARTIFACT_VERSION}")
+            found = raw.get("version")
+            raise ValueError(f"{path}: safety-token artifact version {found!r}, expected {ARTIFACT_VERSION}")
         missing = {"ids", "tokens", "scores", "tokenizer_fingerprint"} - raw.keys()
         if missing:
             raise ValueError(f"{path}: safety-token artifact lacks field(s) {sorted(missing)}")

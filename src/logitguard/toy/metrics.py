@@ -13,7 +13,7 @@ from logitguard.toy.corpus import Example, ToyCorpus
 
 
 def exact_match(outputs: Sequence[str], rows: Sequence[Example]) -> float:
-    return sum(o.strip() == e.answer for o, e in zip(outputs, rows)) / len(rows) if rows else 0.0
+    return sum(o.strip() == e.answer for o, e in zip(outputs, rows, strict=True)) / len(rows) if rows else 0.0
 
 
 def toy_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: ToyCorpus) -> dict[str, float]:
