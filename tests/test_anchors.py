@@ -29,12 +29,13 @@ def test_references_are_the_models_logits_at_refusal_positions(random_model, tok
         assert torch.equal(cache.target_mask[row, :n], expected)
         assert not cache.target_mask[row, n:].any()
         assert torch.allclose(cache.ref_logits[row, :n][expected], logits[expected][:, tokens.ids], atol=1e-5)
+        assert torch.allclose(cache.ref_logsumexp[row, :n][expected], logits[expected].logsumexp(-1), atol=1e-5)
 
 
 def test_round_trip(tmp_path, random_model, tokenizer, tokens):
     cache = build_anchor_cache(random_model, tokenizer, REFUSALS, tokens)
     loaded = AnchorCache.load(cache.save(tmp_path / "anchors.safetensors"))
-    for field in ("input_ids", "attention_mask", "target_mask", "ref_logits", "token_ids"):
+    for field in ("input_ids", "attention_mask", "target_mask", "ref_logits", "ref_logsumexp", "token_ids"):
         assert torch.equal(getattr(loaded, field), getattr(cache, field)), field
     assert loaded.model_fingerprint == cache.model_fingerprint
     loaded.check(random_model, tokens)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from logitguard.discovery import SafetyTokens, discover_safety_tokens, score_tokens, top_k_tokens
+from logitguard.discovery import SafetyTokens, discover_safety_tokens, score_tokens, special_ids, top_k_tokens
 
 
 def test_score_prefers_tokens_probable_in_refusals():
@@ -37,7 +37,8 @@ def test_discovery_ranks_refusal_markers_above_ordinary_words(toy, corpus):
     ordinary = {"Here", "the", "steps", "bread", "First", "Sure", "Step"}
     assert not ordinary & set(words), words
     assert tokens.scores == sorted(tokens.scores, reverse=True)
-    assert not set(tokens.ids) & set(tokenizer.all_special_ids)
+    assert not set(tokens.ids) & set(special_ids(tokenizer))
+    assert tokenizer.convert_tokens_to_ids("<|assistant|>") in special_ids(tokenizer)
 
 
 def test_discovery_rejects_bad_k(random_model, tokenizer):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from logitguard.io import atomic_write, ensure_writable_dir, write_json
+from logitguard.io import atomic_directory, atomic_write, ensure_writable_dir, write_json
 
 
 def test_interrupted_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
@@ -32,3 +32,14 @@ def test_output_path_that_is_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises((NotADirectoryError, PermissionError), match="file"):
         ensure_writable_dir(tmp_path / "file" / "out")
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    target = tmp_path / "adapter"
+    with atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed")
+    assert (target / "weights").read_text() == "v1"
+    assert os.listdir(tmp_path) == ["adapter"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from logitguard.penalties import get_penalty, logit_mse, salient_kl, salient_logits
+from logitguard.penalties import get_penalty, logit_mse, salient_kl, salient_log_probs, salient_logits
 
 
 def reference_mse(z, ref, mask):
@@ -120,3 +120,20 @@ def test_unknown_penalty_and_reduction_are_clear_errors(logits):
         logit_mse(z, ref, mask, reduction="max")
     with pytest.raises(ValueError, match="temperature"):
         salient_kl(z, ref, mask, temperature=0)
+
+
+def test_salient_log_probs_are_full_softmax_slices_plus_the_rest():
+    g = torch.Generator().manual_seed(3)
+    full = torch.randn(4, 6, 40, generator=g) * 3
+    ids = torch.tensor([1, 5, 9])
+    out = salient_log_probs(full[..., ids], full.logsumexp(-1))
+    probs = full.softmax(-1)
+    assert torch.allclose(out[..., :3], probs[..., ids].log(), atol=1e-5)
+    assert torch.allclose(out[..., 3], (1 - probs[..., ids].sum(-1)).log(), atol=1e-5)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(4, 6), atol=1e-5)
+
+
+def test_salient_log_probs_stay_finite_when_the_tokens_take_all_the_mass():
+    logits = torch.tensor([[50.0, 0.0]])
+    out = salient_log_probs(logits, logits.logsumexp(-1))
+    assert torch.isfinite(out).all()

@@ -57,19 +57,29 @@ def test_num_items_in_batch_normalises_the_summed_task_loss(random_model, tokeni
     )
 
 
-def test_anchor_penalty_in_the_shared_pass_equals_a_separate_pass(random_model, tokenizer):
+@pytest.mark.parametrize("rest_bucket", [True, False])
+def test_anchor_penalty_in_the_shared_pass_equals_a_separate_pass(random_model, tokenizer, rest_bucket):
     tokens = safety_tokens(tokenizer)
     cache = build_anchor_cache(random_model, tokenizer, REFUSALS, tokens)
     # Move the model away from the cached references so the penalty is non-zero.
     with torch.no_grad():
         random_model.model.norm.weight.mul_(10.0)
     anchors = cache.rows(torch.arange(len(cache)))
-    config = STRConfig(weight=1.0)
+    config = STRConfig(penalty="mse", weight=1.0, rest_bucket=rest_bucket)
     shared = str_loss(random_model, task_batch(tokenizer), tokens.id_tensor(), config, anchors)
 
-    out = random_model(anchors["input_ids"], attention_mask=anchors["attention_mask"], output_hidden_states=True)
-    z = out.logits[..., tokens.ids]
-    separate = logit_mse(z, anchors["ref_logits"], anchors["target_mask"])
+    logits = random_model(anchors["input_ids"], attention_mask=anchors["attention_mask"]).logits
+    target = anchors["target_mask"]
+    if rest_bucket:  # full-vocabulary log-probabilities of the safety tokens, and the rest
+
+        def with_rest(log_p):
+            return torch.cat([log_p, (1 - log_p.exp().sum(-1, keepdim=True)).log()], -1)
+
+        current = with_rest(logits[target].log_softmax(-1)[:, tokens.ids])
+        reference = with_rest(anchors["ref_logits"][target] - anchors["ref_logsumexp"][target].unsqueeze(-1))
+        separate = logit_mse(current, reference, torch.ones(len(current), dtype=torch.bool))
+    else:
+        separate = logit_mse(logits[..., tokens.ids], anchors["ref_logits"], target)
     assert shared.str_anchor.item() > 0.05
     assert shared.str_anchor.item() == pytest.approx(separate.item(), rel=1e-4)
     assert shared.loss.item() == pytest.approx((shared.task + separate).item(), rel=1e-4)

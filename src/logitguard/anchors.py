@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from logitguard.io import atomic_write
 from logitguard.model_parts import final_hidden_states, model_fingerprint, output_rows
 from logitguard.penalties import salient_logits
 
-ANCHOR_VERSION = 1
+ANCHOR_VERSION = 2
 
 
 @dataclass
@@ -35,6 +36,7 @@ class AnchorCache:
         attention_mask: ``(N, L)``.
         target_mask: ``(N, L)`` bool, True at positions whose next token is part of the refusal.
         ref_logits: ``(N, L, k)`` fp32 reference safety-token logits (0 where ``target_mask`` is False).
+        ref_logsumexp: ``(N, L)`` fp32 log-sum-exp of the reference's full-vocabulary logits (0 off target).
         token_ids: ``(k,)`` the safety-token ids the logits belong to.
         model_fingerprint: fingerprint of the model the references came from.
     """
@@ -43,6 +45,7 @@ class AnchorCache:
     attention_mask: Tensor
     target_mask: Tensor
     ref_logits: Tensor
+    ref_logsumexp: Tensor
     token_ids: Tensor
     model_fingerprint: str
 
@@ -57,6 +60,7 @@ class AnchorCache:
             "attention_mask": self.attention_mask[index, :length],
             "target_mask": self.target_mask[index, :length],
             "ref_logits": self.ref_logits[index, :length],
+            "ref_logsumexp": self.ref_logsumexp[index, :length],
         }
 
     def check(self, model: nn.Module, safety_tokens: SafetyTokens, source: str = "anchor cache") -> None:
@@ -76,6 +80,7 @@ class AnchorCache:
             "attention_mask": self.attention_mask.contiguous(),
             "target_mask": self.target_mask.to(torch.uint8).contiguous(),
             "ref_logits": self.ref_logits.float().contiguous(),
+            "ref_logsumexp": self.ref_logsumexp.float().contiguous(),
             "token_ids": self.token_ids.contiguous(),
         }
         metadata = {"version": str(ANCHOR_VERSION), "model_fingerprint": self.model_fingerprint}
@@ -97,6 +102,7 @@ class AnchorCache:
             t["attention_mask"],
             t["target_mask"].bool(),
             t["ref_logits"],
+            t["ref_logsumexp"],
             t["token_ids"],
             metadata["model_fingerprint"],
         )
@@ -119,18 +125,27 @@ def build_anchor_cache(
     device = next(model.parameters()).device
     ids = safety_tokens.id_tensor()
     weight, bias = output_rows(model, ids)
+    full_weight, full_bias = output_rows(model)
     batch = collate([encode_chat(tokenizer, p, r) for p, r in refusals], tokenizer.pad_token_id)
     target = torch.zeros_like(batch["labels"], dtype=torch.bool)
     target[:, :-1] = batch["labels"][:, 1:] != IGNORE_INDEX
-    refs = []
+    refs, normalisers = [], []
     for start in tqdm(range(0, len(refusals), batch_size), desc="anchor references", leave=False):
         rows = slice(start, start + batch_size)
         hidden = final_hidden_states(
             model, batch["input_ids"][rows].to(device), batch["attention_mask"][rows].to(device)
         )
         refs.append(salient_logits(hidden, weight, bias).float().cpu())
+        normalisers.append(F.linear(hidden, full_weight, full_bias).float().logsumexp(-1).cpu())
     model.train(was_training)
     ref_logits = torch.cat(refs) * target.unsqueeze(-1)
+    ref_logsumexp = torch.cat(normalisers) * target
     return AnchorCache(
-        batch["input_ids"], batch["attention_mask"], target, ref_logits, ids, model_fingerprint(model, ids)
+        batch["input_ids"],
+        batch["attention_mask"],
+        target,
+        ref_logits,
+        ref_logsumexp,
+        ids,
+        model_fingerprint(model, ids),
     )

@@ -5,7 +5,7 @@ tokens, caches anchor references, then LoRA-fine-tunes it on benign
 instruction data twice with the same seed and budget: plain SFT, and SFT with
 Safety Token Regularization. Evaluates all three models on held-out prompts.
 
-Run: ``logitguard demo [--out DIR] [--seed S]`` (about 2 minutes on 2 CPU cores once the toy models are cached).
+Run: ``logitguard demo [--out DIR] [--seed S]`` (about 2.5 minutes on 2 CPU cores once the toy models are cached).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from logitguard.anchors import AnchorCache, build_anchor_cache
 from logitguard.discovery import SafetyTokens, discover_safety_tokens
 from logitguard.generation import generate
-from logitguard.io import ensure_writable_dir, write_json, write_text
+from logitguard.io import atomic_directory, ensure_writable_dir, write_json, write_text
 from logitguard.refusal import is_refusal
 from logitguard.regularizer import STRConfig
 from logitguard.toy.corpus import ToyCorpus, build_corpus
-from logitguard.toy.metrics import monitor_refusal, toy_metrics
+from logitguard.toy.metrics import monitor_refusal, sample_responses, toy_metrics
 from logitguard.toy.model import ToyRecipe, toy_models
 from logitguard.training import TrainConfig, train
 
@@ -44,14 +44,14 @@ class DemoConfig:
     """Settings of the demo; the defaults are the ones README reports."""
 
     seed: int = 0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=16, lr=3e-3, warmup_steps=10))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=500, batch_size=16, lr=3e-3, warmup_steps=10))
     str_config: STRConfig = field(default_factory=lambda: STRConfig(penalty="kl", weight=0.3, anchors_per_step=8))
     k: int = 24
     lora_r: int = 16
     lora_alpha: int = 32
     n_anchor_prompts: int = 256
     n_discovery_benign: int = 128
-    monitor_every: int = 30
+    monitor_every: int = 50
     n_monitor_prompts: int = 64
     recipe: ToyRecipe = field(default_factory=ToyRecipe)
 
@@ -120,11 +120,12 @@ def finetune(
         on_step=on_step,
         desc=f"LoRA {name}",
     )
-    model.save_pretrained(out / name / "adapter")
+    with atomic_directory(out / name / "adapter") as tmp:
+        model.save_pretrained(tmp)
     metrics = toy_metrics(model, tokenizer, corpus)
     metrics["step_time_ms"] = 1000 * statistics.median(h["step_time"] for h in history)
     write_json(out / name / "history.json", history)
-    return {"metrics": metrics, "curve": curve}
+    return {"metrics": metrics, "curve": curve, "samples": sample_responses(model, tokenizer, corpus)}
 
 
 def run_demo(config: DemoConfig, out: Path) -> dict:
@@ -135,7 +136,12 @@ def run_demo(config: DemoConfig, out: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(paths.aligned)
     aligned = AutoModelForCausalLM.from_pretrained(paths.aligned)
     corpus = build_corpus(config.recipe.seed)
-    results = {"aligned": {"metrics": toy_metrics(aligned, tokenizer, corpus)}}
+    results = {
+        "aligned": {
+            "metrics": toy_metrics(aligned, tokenizer, corpus),
+            "samples": sample_responses(aligned, tokenizer, corpus),
+        }
+    }
     tokens, anchors = prepare_str(aligned, tokenizer, corpus, config, out)
     del aligned
     results["sft"] = finetune("sft", config, paths.aligned, tokenizer, corpus, out)
@@ -144,6 +150,7 @@ def run_demo(config: DemoConfig, out: Path) -> dict:
         "config": asdict(config),
         "models": {name: r["metrics"] for name, r in results.items()},
         "refusal_curves": {name: r["curve"] for name, r in results.items() if "curve" in r},
+        "samples": {name: r["samples"] for name, r in results.items()},
         "safety_tokens": tokens.tokens,
         "anchors": len(anchors),
         "seconds": round(time.perf_counter() - started, 1),
@@ -182,8 +189,20 @@ def markdown_report(summary: dict) -> str:
             "",
             "![refusal rate during fine-tuning](refusal_curve.png)",
             "",
+            "## Sample responses (held-out prompts, greedy)",
+            "",
+            *sample_lines(summary["samples"]),
         ]
     )
+
+
+def sample_lines(samples: dict[str, list[dict]]) -> list[str]:
+    lines = []
+    for i, first in enumerate(next(iter(samples.values()))):
+        lines += [f"**{first['kind']}**: {first['prompt']}", ""]
+        lines += [f"- {name}: `{rows[i]['response']}`" for name, rows in samples.items()]
+        lines.append("")
+    return lines
 
 
 def plot_refusal_curves(curves: dict[str, list[dict]], path: Path) -> None:

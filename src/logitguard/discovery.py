@@ -84,6 +84,12 @@ class SafetyTokens:
         return cls(**raw)
 
 
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of special tokens, chat-role markers added as special tokens included."""
+    added = [i for i, token in tokenizer.added_tokens_decoder.items() if token.special]
+    return sorted(set(tokenizer.all_special_ids) | set(added))
+
+
 def score_tokens(refusal_probs: Tensor, benign_probs: Tensor) -> Tensor:
     """``(V,)`` salience scores from ``(V,)`` mean next-token probabilities in refusals and benign answers."""
     return refusal_probs.float() - benign_probs.float()
@@ -149,7 +155,7 @@ def discover_safety_tokens(
     p_refusal = mean_response_probs(model, tokenizer, refusals, batch_size, "refusals")
     p_benign = mean_response_probs(model, tokenizer, benign, batch_size, "benign answers")
     scores = score_tokens(p_refusal, p_benign)[:vocab]
-    ids, values = top_k_tokens(scores, k, exclude=tokenizer.all_special_ids)
+    ids, values = top_k_tokens(scores, k, exclude=special_ids(tokenizer))
     return SafetyTokens(
         ids=ids.tolist(),
         tokens=[tokenizer.decode([i]) for i in ids.tolist()],

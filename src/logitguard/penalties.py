@@ -33,6 +33,24 @@ def salient_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -
     return logits if bias is None else logits + bias.to(logits.dtype)
 
 
+def salient_log_probs(logits: Tensor, logsumexp_all: Tensor) -> Tensor:
+    """Full-vocabulary log-probabilities of the k tokens plus one bucket for all other tokens.
+
+    Args:
+        logits: ``(*N, k)`` safety-token logits.
+        logsumexp_all: ``(*N,)`` log-sum-exp of the full-vocabulary logits at the same positions.
+
+    Returns:
+        ``(*N, k + 1)`` fp32 log-probabilities; the last column is ``log(1 - sum of the k probabilities)``.
+        A penalty on them also sees the rest of the vocabulary (a compliant "Sure" overtaking a refusal "I")
+        while only k rows of the output embedding take part beyond the normaliser.
+    """
+    log_p = logits.float() - logsumexp_all.float().unsqueeze(-1)
+    salient_mass = log_p.logsumexp(dim=-1).clamp(max=-1e-6)
+    rest = torch.log(-torch.expm1(salient_mass))
+    return torch.cat([log_p, rest.unsqueeze(-1)], dim=-1)
+
+
 def _reduce(per_position: Tensor, mask: Tensor, reduction: Reduction) -> Tensor:
     """Masked sum or mean of ``(*N,)`` values in fp32; 0 when the mask is empty."""
     mask = mask.to(torch.bool)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from logitguard.anchors import AnchorCache
 from logitguard.data import IGNORE_INDEX
 from logitguard.model_parts import final_hidden_states, output_rows, reference_mode
-from logitguard.penalties import Penalty, get_penalty, salient_kl, salient_logits
+from logitguard.penalties import Penalty, get_penalty, salient_kl, salient_log_probs, salient_logits
 
 Reference = Literal["anchors", "task", "both"]
 
@@ -45,6 +45,9 @@ class STRConfig:
         anchors_per_step: anchor rows added to each step's forward pass.
         temperature: softmax temperature of the ``"kl"`` penalty.
         mask_conflicts: leave out task positions the reference would refuse (task reference only).
+        rest_bucket: on anchors, compare full-vocabulary log-probabilities of the k tokens plus one bucket
+            for all others (:func:`~logitguard.penalties.salient_log_probs`) instead of raw logits. It
+            needs the log-normaliser at the anchor positions only (a few hundred rows of logits).
     """
 
     penalty: str = "mse"
@@ -53,6 +56,7 @@ class STRConfig:
     anchors_per_step: int = 8
     temperature: float = 1.0
     mask_conflicts: bool = True
+    rest_bucket: bool = True
 
     def __post_init__(self) -> None:
         get_penalty(self.penalty)
@@ -193,9 +197,17 @@ def str_loss(
     ids = safety_ids.to(device)
     w_ids, b_ids = output_rows(model, ids)
     if use_anchors:
-        a = anchors
-        z = salient_logits(hidden[n_task:, : a["input_ids"].shape[1]], w_ids, b_ids)
-        str_anchor = penalty(z, a["ref_logits"].to(device), a["target_mask"].to(device))
+        a = {key: value.to(device) for key, value in anchors.items()}
+        anchor_hidden = hidden[n_task:, : a["input_ids"].shape[1]]
+        z = salient_logits(anchor_hidden, w_ids, b_ids)
+        if config.rest_bucket:
+            target = a["target_mask"]
+            normaliser = F.linear(anchor_hidden[target], weight, bias).float().logsumexp(-1)
+            current = salient_log_probs(z[target], normaliser)
+            reference = salient_log_probs(a["ref_logits"][target], a["ref_logsumexp"][target])
+            str_anchor = penalty(current, reference, torch.ones_like(normaliser, dtype=torch.bool))
+        else:
+            str_anchor = penalty(z, a["ref_logits"], a["target_mask"])
     if use_task:
         with reference_mode(model):
             ref_hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])[:, :-1][positions]

@@ -265,16 +265,22 @@ def build_corpus(seed: int = 0, n_skill: int = 1800, n_task: int = 400, n_eval: 
     base = [
         Example(p, BASE_HARMFUL.format(act=a), "harmful", c) for c, a, p in requests(harmful.train, all_templates)
     ] + [Example(p, BASE_BENIGN.format(act=a), "benign", c) for c, a, p in requests(benign_train, all_templates)]
+    # Held-out homonyms have words of their own: pretraining sees them in training phrasings only.
+    base += [
+        Example(p, BASE_BENIGN.format(act=a), "benign", c) for c, a, p in requests(homonyms.heldout, TRAIN_TEMPLATES)
+    ]
     base += [
         skill_example(rng, s, rng.choice(train_t + held_t))
         for s, (train_t, held_t) in SKILLS.items()
         for _ in range(n_skill // len(SKILLS))
     ]
-    task_knowledge = [
+    base += [
         task_example(rng, rng.choice(TASK_TRAIN_TEMPLATES + TASK_HELDOUT_TEMPLATES), BASE_TASK_RESPONSE)
         for _ in range(n_task // 2)
     ]
-    base += task_knowledge
+    task_knowledge = [
+        task_example(rng, rng.choice(TASK_TRAIN_TEMPLATES), BASE_TASK_RESPONSE) for _ in range(n_task // 2)
+    ]
     skills_train = [
         skill_example(rng, s, rng.choice(train_t))
         for s, (train_t, _) in SKILLS.items()

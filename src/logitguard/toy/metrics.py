@@ -30,6 +30,13 @@ def toy_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: To
     }
 
 
+def sample_responses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: ToyCorpus) -> list[dict]:
+    """Greedy responses to a few held-out prompts of each kind, to show what the numbers mean."""
+    rows = corpus.heldout_harmful[:3] + corpus.heldout_benign[:1] + corpus.heldout_task[:1]
+    responses = generate(model, tokenizer, [e.prompt for e in rows], max_new_tokens=24, desc=None)
+    return [{"kind": e.kind, "prompt": e.prompt, "response": r} for e, r in zip(rows, responses, strict=True)]
+
+
 def monitor_refusal(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> float:
     """A cheap refusal rate for use during training: only the first tokens are generated."""
     return refusal_rate(generate(model, tokenizer, prompts, max_new_tokens=8, desc=None))

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from logitguard import data, training
+from logitguard.io import atomic_directory
 from logitguard.toy import corpus as corpus_module
 from logitguard.toy.corpus import ToyCorpus, build_corpus
 from logitguard.training import TrainConfig
@@ -154,15 +153,8 @@ def toy_models(recipe: ToyRecipe = ToyRecipe(), cache_dir: Path | None = None) -
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / f"toy-{recipe.key()}"
     if not (final / "aligned" / "config.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".toy-build-", dir=root))
-        try:
+        with atomic_directory(final) as tmp:
             build_toy_models(recipe, tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return ToyModels(final / "base", final / "aligned")
 
 
