@@ -1,12 +1,14 @@
 """Safety-token discovery and its artifact."""
 
 import json
+import re
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from logitguard.discovery import SafetyTokens, discover_safety_tokens, score_tokens, special_ids, top_k_tokens
+from logitguard.toy.corpus import REFUSALS
 
 
 def test_score_prefers_tokens_probable_in_refusals():
@@ -29,13 +31,12 @@ def test_discovery_ranks_refusal_markers_above_ordinary_words(toy, corpus):
     tokenizer = AutoTokenizer.from_pretrained(toy.aligned)
     refusals = [(e.prompt, e.response) for e in corpus.train_harmful[:64]]
     benign = [(e.prompt, e.response) for e in corpus.aligned if e.kind == "benign"][:64]
-    tokens = discover_safety_tokens(model, tokenizer, refusals, benign, k=12)
+    tokens = discover_safety_tokens(model, tokenizer, refusals, benign, k=24)
     words = [t.strip() for t in tokens.tokens]
     assert "I" in words[:5]  # four of the five refusal templates start with "I"
-    markers = {"cannot", "sorry", "apologize", "AI", "decline", "Sorry", "can", "won"}
-    assert len(markers & set(words)) >= 4, words
-    ordinary = {"Here", "the", "steps", "bread", "First", "Sure", "Step"}
-    assert not ordinary & set(words), words
+    assert {"cannot", "sorry", "apologize", "decline", "AI"} <= set(words)
+    template_words = set(re.findall(r"[A-Za-z]+|'[a-z]+", " ".join(REFUSALS)))
+    assert set(words) <= template_words, set(words) - template_words  # no ordinary word makes the cut
     assert tokens.scores == sorted(tokens.scores, reverse=True)
     assert not set(tokens.ids) & set(special_ids(tokenizer))
     assert tokenizer.convert_tokens_to_ids("<|assistant|>") in special_ids(tokenizer)

@@ -6,11 +6,11 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from logitguard.anchors import build_anchor_cache
-from logitguard.data import collate, encode_chat
+from logitguard.data import collate, encode_chat, prompt_ids
 from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
 from logitguard.generation import generate
 from logitguard.penalties import logit_mse, salient_logits
-from logitguard.refusal import is_refusal, refusal_rate
+from logitguard.refusal import is_refusal
 from logitguard.regularizer import AnchorSampler, STRConfig, refusal_conflicts, str_loss
 from logitguard.toy.corpus import ALIGNED_BENIGN, HELDOUT_TEMPLATES, HOMONYMS, TRAIN_TEMPLATES
 from logitguard.training import TrainConfig, train
@@ -155,8 +155,19 @@ def test_conflict_masking_lets_the_task_teach_what_the_reference_refuses(small_t
             model, tokenizer, data, TrainConfig(steps=40, batch_size=4, lr=3e-3), config, tokens.id_tensor()
         )
         assert (history[0]["str_conflict_fraction"] > 0) == mask_conflicts
-        rates[mask_conflicts] = refusal_rate(generate(model, tokenizer, refused, max_new_tokens=8, desc=None))
-    assert rates[True] <= 0.2 and rates[False] >= rates[True] + 0.2, rates
+        rates[mask_conflicts] = first_token_refusal_mass(model, tokenizer, refused, tokens.id_tensor())
+    assert rates[True] < 0.5 * rates[False], rates
+
+
+def first_token_refusal_mass(model, tokenizer, prompts, ids):
+    """Mean probability the model gives the safety tokens as the first token of its answer."""
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    batch = collate([{"input_ids": ids_, "labels": ids_} for ids_ in encoded], tokenizer.pad_token_id)
+    last = batch["attention_mask"].sum(1) - 1
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    probs = logits[torch.arange(len(prompts)), last].softmax(-1)
+    return float(probs[:, ids].sum(-1).mean())
 
 
 def test_anchor_sampler_cycles_through_every_row(random_model, tokenizer):
