@@ -181,6 +181,7 @@ def markdown_report(summary: dict) -> str:
             "",
             f"Toy aligned model, LoRA r={cfg['lora_r']}, {cfg['train']['steps']} steps, seed {cfg['seed']}; "
             f"STR: penalty {cfg['str_config']['penalty']}, λ={cfg['str_config']['weight']}, k={cfg['k']}, "
+            f"rest bucket {'on' if cfg['str_config']['rest_bucket'] else 'off'}, "
             f"{summary['anchors']} anchors ({cfg['str_config']['anchors_per_step']} per step).",
             "",
             results_table(summary["models"]),

@@ -198,16 +198,14 @@ def str_loss(
     w_ids, b_ids = output_rows(model, ids)
     if use_anchors:
         a = {key: value.to(device) for key, value in anchors.items()}
-        anchor_hidden = hidden[n_task:, : a["input_ids"].shape[1]]
-        z = salient_logits(anchor_hidden, w_ids, b_ids)
+        target = a["target_mask"]
+        h_target = hidden[n_task:, : target.shape[1]][target]
+        current, reference = salient_logits(h_target, w_ids, b_ids), a["ref_logits"][target]
         if config.rest_bucket:
-            target = a["target_mask"]
-            normaliser = F.linear(anchor_hidden[target], weight, bias).float().logsumexp(-1)
-            current = salient_log_probs(z[target], normaliser)
-            reference = salient_log_probs(a["ref_logits"][target], a["ref_logsumexp"][target])
-            str_anchor = penalty(current, reference, torch.ones_like(normaliser, dtype=torch.bool))
-        else:
-            str_anchor = penalty(z, a["ref_logits"], a["target_mask"])
+            normaliser = F.linear(h_target, weight, bias).float().logsumexp(-1)
+            current = salient_log_probs(current, normaliser)
+            reference = salient_log_probs(reference, a["ref_logsumexp"][target])
+        str_anchor = penalty(current, reference, torch.ones(len(h_target), dtype=torch.bool, device=device))
     if use_task:
         with reference_mode(model):
             ref_hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])[:, :-1][positions]
