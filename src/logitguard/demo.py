@@ -107,7 +107,6 @@ def finetune(
     def on_step(step: int, logs: dict) -> None:
         if step % config.monitor_every == 0 or step == config.train.steps:
             curve.append({"step": step, "harmful_refusal": monitor_refusal(model, tokenizer, monitor_prompts)})
-            model.train()
 
     history = train(
         model,
