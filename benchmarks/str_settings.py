@@ -16,14 +16,9 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from logitguard.demo import METRIC_LABELS, DemoConfig, finetune, prepare_str
+from logitguard.demo import METRIC_LABELS, DemoConfig, finetune, set_up
 from logitguard.io import write_json
 from logitguard.regularizer import STRConfig
-from logitguard.toy.corpus import build_corpus
-from logitguard.toy.metrics import toy_metrics
-from logitguard.toy.model import toy_models
 
 DEFAULT = DemoConfig().str_config
 SETTINGS: dict[str, STRConfig | None] = {
@@ -49,19 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="logitguard-str-settings-"))
 
     config = DemoConfig()
-    paths = toy_models(config.recipe)
-    tokenizer = AutoTokenizer.from_pretrained(paths.aligned)
-    aligned = AutoModelForCausalLM.from_pretrained(paths.aligned)
-    corpus = build_corpus(config.recipe.seed)
-    rows = {"aligned": [toy_metrics(aligned, tokenizer, corpus)]}
-    tokens, anchors = prepare_str(aligned, tokenizer, corpus, config, out)
-    del aligned
+    setup = set_up(config, out)
+    rows = {"aligned": [setup.aligned["metrics"]]}
     for name, str_config in SETTINGS.items():
         rows[name] = []
         for seed in args.seeds:
-            run = replace(config, seed=seed, train=replace(config.train, seed=seed))
             run_dir = out / f"{len(rows) - 1}-seed{seed}"
-            result = finetune("run", run, paths.aligned, tokenizer, corpus, run_dir, str_config, tokens, anchors)
+            result = finetune("run", config.with_seed(seed), setup, run_dir, str_config)
             rows[name].append(result["metrics"])
             print(f"{name} seed {seed}: {result['metrics']}", flush=True)
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from logitguard.anchors import AnchorCache, build_anchor_cache
 from logitguard.discovery import SafetyTokens, discover_safety_tokens
@@ -59,6 +59,36 @@ class DemoConfig:
         if self.k <= 0:
             raise ValueError(f"k (number of safety tokens) must be > 0, got {self.k}")
 
+    def with_seed(self, seed: int) -> DemoConfig:
+        """The same settings with the fine-tuning runs (LoRA init, data order, anchors) seeded by ``seed``."""
+        return replace(self, seed=seed, train=replace(self.train, seed=seed))
+
+
+@dataclass
+class DemoSetup:
+    """What every fine-tuning run of the demo shares: the aligned model's files, data, evaluation and STR artifacts."""
+
+    aligned_path: Path
+    tokenizer: PreTrainedTokenizerBase
+    corpus: ToyCorpus
+    aligned: dict
+    tokens: SafetyTokens
+    anchors: AnchorCache
+
+
+def set_up(config: DemoConfig, out: Path) -> DemoSetup:
+    """Build or load the toy models, evaluate the aligned one, and write its safety tokens and anchors to ``out``."""
+    paths = toy_models(config.recipe)
+    tokenizer = AutoTokenizer.from_pretrained(paths.aligned)
+    model = AutoModelForCausalLM.from_pretrained(paths.aligned)
+    corpus = build_corpus(config.recipe.seed)
+    aligned = {
+        "metrics": toy_metrics(model, tokenizer, corpus),
+        "samples": sample_responses(model, tokenizer, corpus),
+    }
+    tokens, anchors = prepare_str(model, tokenizer, corpus, config, out)
+    return DemoSetup(paths.aligned, tokenizer, corpus, aligned, tokens, anchors)
+
 
 def lora_model(path: Path, config: DemoConfig) -> torch.nn.Module:
     """A fresh LoRA model on the aligned checkpoint, loaded through ``from_pretrained``."""
@@ -88,19 +118,10 @@ def prepare_str(model, tokenizer, corpus: ToyCorpus, config: DemoConfig, out: Pa
     return tokens, anchors
 
 
-def finetune(
-    name: str,
-    config: DemoConfig,
-    aligned_path: Path,
-    tokenizer,
-    corpus: ToyCorpus,
-    out: Path,
-    str_config: STRConfig | None = None,
-    tokens: SafetyTokens | None = None,
-    anchors: AnchorCache | None = None,
-) -> dict:
-    """LoRA-fine-tune the aligned model on the benign set; evaluate it and save the adapter."""
-    model = lora_model(aligned_path, config)
+def finetune(name: str, config: DemoConfig, setup: DemoSetup, out: Path, str_config: STRConfig | None = None) -> dict:
+    """LoRA-fine-tune the aligned model on the benign set (with STR when ``str_config`` is given); evaluate, save."""
+    tokenizer, corpus = setup.tokenizer, setup.corpus
+    model = lora_model(setup.aligned_path, config)
     monitor_prompts = [e.prompt for e in corpus.heldout_harmful[: config.n_monitor_prompts]]
     curve = [{"step": 0, "harmful_refusal": monitor_refusal(model, tokenizer, monitor_prompts)}]
 
@@ -114,8 +135,8 @@ def finetune(
         [(e.prompt, e.response) for e in corpus.instruct],
         config.train,
         str_config=str_config,
-        safety_ids=tokens.id_tensor() if tokens else None,
-        anchors=anchors,
+        safety_ids=setup.tokens.id_tensor(),
+        anchors=setup.anchors,
         on_step=on_step,
         desc=f"LoRA {name}",
     )
@@ -131,27 +152,19 @@ def run_demo(config: DemoConfig, out: Path) -> dict:
     """Run the whole demo, writing every artifact into ``out``; returns the results."""
     ensure_writable_dir(out)
     started = time.perf_counter()
-    paths = toy_models(config.recipe)
-    tokenizer = AutoTokenizer.from_pretrained(paths.aligned)
-    aligned = AutoModelForCausalLM.from_pretrained(paths.aligned)
-    corpus = build_corpus(config.recipe.seed)
+    setup = set_up(config, out)
     results = {
-        "aligned": {
-            "metrics": toy_metrics(aligned, tokenizer, corpus),
-            "samples": sample_responses(aligned, tokenizer, corpus),
-        }
+        "aligned": setup.aligned,
+        "sft": finetune("sft", config, setup, out),
+        "str": finetune("str", config, setup, out, config.str_config),
     }
-    tokens, anchors = prepare_str(aligned, tokenizer, corpus, config, out)
-    del aligned
-    results["sft"] = finetune("sft", config, paths.aligned, tokenizer, corpus, out)
-    results["str"] = finetune("str", config, paths.aligned, tokenizer, corpus, out, config.str_config, tokens, anchors)
     summary = {
         "config": asdict(config),
         "models": {name: r["metrics"] for name, r in results.items()},
         "refusal_curves": {name: r["curve"] for name, r in results.items() if "curve" in r},
         "samples": {name: r["samples"] for name, r in results.items()},
-        "safety_tokens": tokens.tokens,
-        "anchors": len(anchors),
+        "safety_tokens": setup.tokens.tokens,
+        "anchors": len(setup.anchors),
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(out / "results.json", summary)
@@ -242,17 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=None, help="number of safety tokens")
     args = parser.parse_args(argv)
 
-    config = DemoConfig(seed=args.seed)
     try:
-        if args.steps is not None:
-            config.train = TrainConfig(**{**asdict(config.train), "steps": args.steps, "seed": args.seed})
-        else:
-            config.train.seed = args.seed
-        overrides = {"penalty": args.penalty, "weight": args.weight}
-        overrides = {key: value for key, value in overrides.items() if value is not None}
-        config.str_config = STRConfig(**{**asdict(config.str_config), **overrides})
-        if args.k is not None:
-            config = DemoConfig(**{**vars(config), "k": args.k})
+        config = DemoConfig().with_seed(args.seed)
+        str_overrides = {"penalty": args.penalty, "weight": args.weight}
+        config = replace(
+            config,
+            k=config.k if args.k is None else args.k,
+            train=config.train if args.steps is None else replace(config.train, steps=args.steps),
+            str_config=replace(config.str_config, **{key: v for key, v in str_overrides.items() if v is not None}),
+        )
         out = args.out or Path(time.strftime("logitguard-demo-%Y%m%d-%H%M%S"))
         summary = run_demo(config, out)
     except (ValueError, PermissionError, NotADirectoryError) as err:

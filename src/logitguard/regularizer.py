@@ -175,11 +175,10 @@ def str_loss(
     zero = torch.zeros((), device=device)
 
     if use_anchors:
+        anchors = {key: value.to(device) for key, value in anchors.items()}
         length = max(length, anchors["input_ids"].shape[1])
-        input_ids = torch.cat([_pad_to(input_ids, length, 0), _pad_to(anchors["input_ids"].to(device), length, 0)])
-        attention_mask = torch.cat(
-            [_pad_to(attention_mask, length, 0), _pad_to(anchors["attention_mask"].to(device), length, 0)]
-        )
+        input_ids = torch.cat([_pad_to(input_ids, length, 0), _pad_to(anchors["input_ids"], length, 0)])
+        attention_mask = torch.cat([_pad_to(attention_mask, length, 0), _pad_to(anchors["attention_mask"], length, 0)])
     hidden = final_hidden_states(model, input_ids, attention_mask)
     task_hidden = hidden[:n_task, : labels.shape[1]]
 
@@ -197,7 +196,7 @@ def str_loss(
     ids = safety_ids.to(device)
     w_ids, b_ids = output_rows(model, ids)
     if use_anchors:
-        a = {key: value.to(device) for key, value in anchors.items()}
+        a = anchors
         target = a["target_mask"]
         h_target = hidden[n_task:, : target.shape[1]][target]
         current, reference = salient_logits(h_target, w_ids, b_ids), a["ref_logits"][target]
