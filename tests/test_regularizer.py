@@ -11,7 +11,7 @@ from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
 from logitguard.generation import generate
 from logitguard.penalties import logit_mse, salient_logits
 from logitguard.refusal import is_refusal
-from logitguard.regularizer import AnchorSampler, STRConfig, refusal_conflicts, str_loss
+from logitguard.regularizer import AnchorSchedule, STRConfig, refusal_conflicts, shard, str_loss
 from logitguard.toy.corpus import ALIGNED_BENIGN, HELDOUT_TEMPLATES, HOMONYMS, TRAIN_TEMPLATES
 from logitguard.training import TrainConfig, train
 
@@ -170,12 +170,22 @@ def first_token_refusal_mass(model, tokenizer, prompts, ids):
     return float(probs[:, ids].sum(-1).mean())
 
 
-def test_anchor_sampler_cycles_through_every_row(random_model, tokenizer):
-    cache = build_anchor_cache(random_model, tokenizer, REFUSALS * 3, safety_tokens(tokenizer))
-    sampler = AnchorSampler(cache, n=4, seed=0)
-    seen = [tuple(r[r != tokenizer.pad_token_id].tolist()) for _ in range(9) for r in sampler.next()["input_ids"]]
-    assert len(seen) == 36  # 4 passes over 9 rows
-    assert set(seen) == {tuple(encode_chat(tokenizer, p, r)["input_ids"]) for p, r in REFUSALS}
+def test_anchor_schedule_covers_every_row_once_per_epoch_and_depends_only_on_the_step():
+    schedule = AnchorSchedule(n_rows=9, per_step=4, seed=0)
+    draws = torch.cat([schedule.rows(step) for step in range(9)])  # 36 rows = 4 epochs of 9
+    for epoch in range(4):
+        assert sorted(draws[9 * epoch : 9 * (epoch + 1)].tolist()) == list(range(9))
+    assert torch.equal(AnchorSchedule(9, 4, seed=0).rows(5), draws[20:24])  # a fresh (resumed) schedule agrees
+    assert not torch.equal(AnchorSchedule(9, 4, seed=1).rows(0), draws[:4])
+
+
+def test_anchor_schedule_every_n_steps_and_shards():
+    schedule = AnchorSchedule(n_rows=10, per_step=4, every=3)
+    assert [schedule.active(s) for s in range(7)] == [True, False, False, True, False, False, True]
+    assert torch.equal(schedule.rows(3), AnchorSchedule(10, 4).rows(1))
+    rows = schedule.rows(0)
+    parts = [shard(rows, i, 3) for i in range(3)]
+    assert [len(p) for p in parts] == [2, 1, 1] and torch.equal(torch.cat(parts), rows)
 
 
 @pytest.mark.parametrize(
@@ -185,6 +195,7 @@ def test_anchor_sampler_cycles_through_every_row(random_model, tokenizer):
         ({"penalty": "huber"}, "unknown penalty"),
         ({"reference": "other"}, "reference"),
         ({"anchors_per_step": 0}, "anchors_per_step"),
+        ({"anchor_every": 0}, "anchor_every"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):

@@ -16,14 +16,18 @@ def unwrap(model: nn.Module) -> PreTrainedModel:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def final_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The causal LM's decoder without its LM head (``model.model`` for Llama, Qwen, Mistral)."""
+    causal_lm = unwrap(model)
+    return getattr(causal_lm, causal_lm.base_model_prefix)
+
+
+def final_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
     """``(B, L, d)`` last hidden states after the final norm, without the LM head.
 
     Runs only the decoder stack, so no full-vocabulary logits are built.
     """
-    causal_lm = unwrap(model)
-    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
-    return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return decoder_stack(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
 def output_rows(model: nn.Module, ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

@@ -18,18 +18,17 @@ Two references:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from logitguard.anchors import AnchorCache
 from logitguard.data import IGNORE_INDEX
 from logitguard.model_parts import final_hidden_states, output_rows, reference_mode
-from logitguard.penalties import Penalty, get_penalty, salient_kl, salient_log_probs, salient_logits
+from logitguard.penalties import Penalty, Reduction, get_penalty, salient_kl, salient_log_probs, salient_logits
 
 Reference = Literal["anchors", "task", "both"]
 
@@ -42,7 +41,9 @@ class STRConfig:
         penalty: ``"mse"`` (squared logit deviation) or ``"kl"`` (KL restricted to the safety tokens).
         weight: λ, the penalty's weight in ``loss = task + λ·STR``.
         reference: ``"anchors"``, ``"task"`` or ``"both"``.
-        anchors_per_step: anchor rows added to each step's forward pass.
+        anchors_per_step: anchor rows per optimizer step, shared out over ranks and gradient-accumulation
+            micro-batches (each step's anchor term is the mean over all of them).
+        anchor_every: anchors run on every ``anchor_every``-th optimizer step only (cheaper, weaker).
         temperature: softmax temperature of the ``"kl"`` penalty.
         mask_conflicts: leave out task positions the reference would refuse (task reference only).
         rest_bucket: on anchors, compare full-vocabulary log-probabilities of the k tokens plus one bucket
@@ -54,6 +55,7 @@ class STRConfig:
     weight: float = 1.0
     reference: Reference = "anchors"
     anchors_per_step: int = 8
+    anchor_every: int = 1
     temperature: float = 1.0
     mask_conflicts: bool = True
     rest_bucket: bool = True
@@ -64,8 +66,9 @@ class STRConfig:
             raise ValueError(f"STR weight (lambda) must be >= 0, got {self.weight}")
         if self.reference not in ("anchors", "task", "both"):
             raise ValueError(f"reference must be 'anchors', 'task' or 'both', got {self.reference!r}")
-        if self.anchors_per_step <= 0:
-            raise ValueError(f"anchors_per_step must be > 0, got {self.anchors_per_step}")
+        for name in ("anchors_per_step", "anchor_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -83,30 +86,41 @@ class STRConfig:
         return self.reference in ("task", "both")
 
 
-@dataclass
-class AnchorSampler:
-    """Cycles through the anchor rows in a seeded random order, ``n`` rows at a time."""
+@lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
-    cache: AnchorCache
-    n: int
+
+@dataclass(frozen=True)
+class AnchorSchedule:
+    """Which anchor rows each optimizer step uses: seeded shuffles of the cache, ``per_step`` rows at a time.
+
+    The draw is a pure function of the step, so a resumed run and every rank of a
+    distributed run agree on it without saving or communicating any state; each
+    rank and gradient-accumulation micro-batch then takes its own :func:`shard`.
+    """
+
+    n_rows: int
+    per_step: int
+    every: int = 1
     seed: int = 0
-    _order: Tensor = field(init=False, repr=False)
-    _cursor: int = field(init=False, default=0)
-    _generator: torch.Generator = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
-        self._order = torch.randperm(len(self.cache), generator=self._generator)
+    def active(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (0-based) has anchor rows."""
+        return step % self.every == 0
 
-    def next(self) -> dict[str, Tensor]:
-        index = []
-        while len(index) < self.n:
-            if self._cursor == len(self._order):
-                self._order, self._cursor = torch.randperm(len(self.cache), generator=self._generator), 0
-            take = self._order[self._cursor : self._cursor + self.n - len(index)]
-            self._cursor += len(take)
-            index.extend(take.tolist())
-        return self.cache.rows(torch.tensor(index))
+    def rows(self, step: int) -> Tensor:
+        """``(per_step,)`` row indices of the global draw for an active step."""
+        positions = torch.arange(step // self.every * self.per_step, (step // self.every + 1) * self.per_step)
+        epochs, offsets = positions // self.n_rows, positions % self.n_rows
+        return torch.stack(
+            [_permutation(self.n_rows, self.seed, int(e))[o] for e, o in zip(epochs, offsets, strict=True)]
+        )
+
+
+def shard(rows: Tensor, index: int, count: int) -> Tensor:
+    """The ``index``-th of ``count`` near-equal contiguous parts of ``rows``."""
+    return torch.tensor_split(rows, count)[index]
 
 
 @dataclass
@@ -146,6 +160,76 @@ def refusal_conflicts(ref_salient: Tensor, ref_label_logit: Tensor, labels: Tens
     return (ref_salient.max(-1).values > ref_label_logit) & ~is_safety_label
 
 
+def anchor_penalty(
+    model: nn.Module,
+    hidden: Tensor,
+    anchors: dict[str, Tensor],
+    ids: Tensor,
+    config: STRConfig,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """STR on anchor rows: the model's safety-token logits at refusal positions against the cached reference.
+
+    Args:
+        model: the model being trained (its output embedding gives ``W_out[ids]``).
+        hidden: ``(n, L', d)`` final hidden states of the anchor rows, ``L' >= L``.
+        anchors: rows of an :class:`~logitguard.anchors.AnchorCache` (``target_mask`` ``(n, L)``,
+            ``ref_logits`` ``(n, L, k)``, ``ref_logsumexp`` ``(n, L)``), on ``hidden``'s device.
+        ids: ``(k,)`` safety-token ids.
+        reduction: ``"mean"`` over target positions, or ``"sum"`` for callers normalising globally.
+    """
+    target = anchors["target_mask"]
+    h_target = hidden[:, : target.shape[1]][target]
+    w_ids, b_ids = output_rows(model, ids)
+    current, reference = salient_logits(h_target, w_ids, b_ids), anchors["ref_logits"][target]
+    if config.rest_bucket:
+        weight, bias = output_rows(model)
+        current = salient_log_probs(current, F.linear(h_target, weight, bias).float().logsumexp(-1))
+        reference = salient_log_probs(reference, anchors["ref_logsumexp"][target])
+    keep = torch.ones(len(h_target), dtype=torch.bool, device=hidden.device)
+    return config.penalty_fn()(current, reference, keep, reduction=reduction)
+
+
+def task_penalty(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    h_sel: Tensor,
+    positions: Tensor,
+    ids: Tensor,
+    config: STRConfig,
+    reduction: Reduction = "mean",
+) -> tuple[Tensor, Tensor]:
+    """STR on the task batch against the same PEFT model with its adapters disabled.
+
+    Args:
+        model: the PEFT model being trained (not a DDP/FSDP wrapper: its adapters are switched off).
+        batch: ``input_ids``/``attention_mask``/``labels`` ``(B, L)`` of the task rows.
+        h_sel: ``(n, d)`` the model's final hidden states at the selected positions.
+        positions: ``(B, L - 1)`` bool, the positions (predicting ``labels[:, 1:]``) that ``h_sel`` holds.
+        ids: ``(k,)`` safety-token ids.
+        reduction: ``"mean"`` over kept positions, or ``"sum"``.
+
+    Returns:
+        The penalty and the fraction of positions left out as refusal conflicts.
+    """
+    y_sel = batch["labels"][:, 1:][positions]
+    w_ids, b_ids = output_rows(model, ids)
+    conflict_fraction = torch.zeros((), device=h_sel.device)
+    attention_mask = batch.get("attention_mask")
+    with reference_mode(model):
+        ref_hidden = final_hidden_states(model, batch["input_ids"], attention_mask)[:, :-1][positions]
+        ref_salient = salient_logits(ref_hidden, w_ids, b_ids)
+        keep = torch.ones_like(y_sel, dtype=torch.bool)
+        if config.mask_conflicts and y_sel.numel():
+            weight, bias = output_rows(model)
+            ref_label = (ref_hidden * weight[y_sel]).sum(-1) + (0 if bias is None else bias[y_sel])
+            conflicts = refusal_conflicts(ref_salient, ref_label, y_sel, ids)
+            keep = ~conflicts
+            conflict_fraction = conflicts.float().mean()
+    penalty = config.penalty_fn()(salient_logits(h_sel, w_ids, b_ids), ref_salient, keep, reduction=reduction)
+    return penalty, conflict_fraction
+
+
 def str_loss(
     model: nn.Module,
     batch: dict[str, Tensor],
@@ -156,29 +240,30 @@ def str_loss(
 ) -> LossTerms:
     """Task cross-entropy plus λ·STR for one batch, in one decoder pass (plain SFT when ``config`` is None).
 
+    The function for custom training loops. Anchor rows join the task rows in
+    the same forward pass. The anchor term is a mean over anchor target positions;
+    the task-reference term, like the task loss, a sum over label positions
+    (conflicts count 0) divided by the label count.
+
     Args:
         model: the model being trained (a PEFT model for the task reference).
         batch: ``input_ids``/``attention_mask``/``labels``, each ``(B, L)``; labels ``-100`` off the response.
         safety_ids: ``(k,)`` safety-token ids.
         config: STR settings.
-        anchors: anchor rows (from :class:`AnchorSampler`); required when ``config.uses_anchors``.
+        anchors: anchor rows (``AnchorCache.rows``); required when ``config.uses_anchors``.
         num_items_in_batch: label tokens across the whole accumulated batch; the task loss is its
             sum divided by this (exact gradient accumulation). Defaults to this batch's label count.
     """
-    use_anchors = config is not None and config.uses_anchors
+    use_anchors = config is not None and config.uses_anchors and anchors is not None
     use_task = config is not None and config.uses_task
-    if use_anchors and anchors is None:
-        raise ValueError("STR with reference 'anchors' needs anchor rows for every step")
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    n_task, length = input_ids.shape
+    n_task = input_ids.shape[0]
     device = input_ids.device
     zero = torch.zeros((), device=device)
 
     if use_anchors:
         anchors = {key: value.to(device) for key, value in anchors.items()}
-        length = max(length, anchors["input_ids"].shape[1])
-        input_ids = torch.cat([_pad_to(input_ids, length, 0), _pad_to(anchors["input_ids"], length, 0)])
-        attention_mask = torch.cat([_pad_to(attention_mask, length, 0), _pad_to(anchors["attention_mask"], length, 0)])
+        input_ids, attention_mask = with_anchor_rows(input_ids, attention_mask, anchors)
     hidden = final_hidden_states(model, input_ids, attention_mask)
     task_hidden = hidden[:n_task, : labels.shape[1]]
 
@@ -187,35 +272,25 @@ def str_loss(
     h_sel, y_sel = task_hidden[:, :-1][positions], labels[:, 1:][positions]
     logits = F.linear(h_sel, weight, bias).float()
     denominator = positions.sum() if num_items_in_batch is None else num_items_in_batch
-    task = F.cross_entropy(logits, y_sel, reduction="sum") / torch.as_tensor(denominator, device=device).clamp(min=1)
+    denominator = torch.as_tensor(denominator, device=device).clamp(min=1)
+    task = F.cross_entropy(logits, y_sel, reduction="sum") / denominator
 
     str_anchor = str_task = conflict_fraction = zero
-    if not (use_anchors or use_task):
-        return LossTerms(task, task.detach(), zero, zero, zero)
-    penalty = config.penalty_fn()
-    ids = safety_ids.to(device)
-    w_ids, b_ids = output_rows(model, ids)
     if use_anchors:
-        a = anchors
-        target = a["target_mask"]
-        h_target = hidden[n_task:, : target.shape[1]][target]
-        current, reference = salient_logits(h_target, w_ids, b_ids), a["ref_logits"][target]
-        if config.rest_bucket:
-            normaliser = F.linear(h_target, weight, bias).float().logsumexp(-1)
-            current = salient_log_probs(current, normaliser)
-            reference = salient_log_probs(reference, a["ref_logsumexp"][target])
-        str_anchor = penalty(current, reference, torch.ones(len(h_target), dtype=torch.bool, device=device))
+        str_anchor = anchor_penalty(model, hidden[n_task:], anchors, safety_ids.to(device), config)
     if use_task:
-        with reference_mode(model):
-            ref_hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])[:, :-1][positions]
-            ref_salient = salient_logits(ref_hidden, w_ids, b_ids)
-            keep = torch.ones_like(y_sel, dtype=torch.bool)
-            if config.mask_conflicts:
-                ref_label = (ref_hidden * weight[y_sel]).sum(-1) + (0 if bias is None else bias[y_sel])
-                conflicts = refusal_conflicts(ref_salient, ref_label, y_sel, ids)
-                keep = ~conflicts
-                conflict_fraction = conflicts.float().mean() if conflicts.numel() else zero
-        str_task = penalty(salient_logits(h_sel, w_ids, b_ids), ref_salient, keep)
-
-    loss = task + config.weight * (str_anchor + str_task)
+        str_task, conflict_fraction = task_penalty(
+            model, batch, h_sel, positions, safety_ids.to(device), config, reduction="sum"
+        )
+        str_task = str_task / denominator
+    loss = task if config is None else task + config.weight * (str_anchor + str_task)
     return LossTerms(loss, task.detach(), str_anchor.detach(), str_task.detach(), conflict_fraction.detach())
+
+
+def with_anchor_rows(input_ids: Tensor, attention_mask: Tensor, anchors: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Task rows ``(B, L)`` followed by the anchor rows, right-padded to a common length."""
+    length = max(input_ids.shape[1], anchors["input_ids"].shape[1])
+    return (
+        torch.cat([_pad_to(input_ids, length, 0), _pad_to(anchors["input_ids"], length, 0)]),
+        torch.cat([_pad_to(attention_mask, length, 0), _pad_to(anchors["attention_mask"], length, 0)]),
+    )

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmu
 
 from logitguard.anchors import AnchorCache
 from logitguard.data import collate, encode_chat
-from logitguard.regularizer import AnchorSampler, STRConfig, str_loss
+from logitguard.regularizer import AnchorSchedule, STRConfig, str_loss
 
 
 @dataclass
@@ -74,8 +74,8 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    sampler = (
-        AnchorSampler(anchors, str_config.anchors_per_step, config.seed)
+    schedule = (
+        AnchorSchedule(len(anchors), str_config.anchors_per_step, str_config.anchor_every, config.seed)
         if str_config is not None and str_config.uses_anchors
         else None
     )
@@ -91,7 +91,8 @@ def train(
         rows = order[cursor : cursor + config.batch_size].tolist()
         cursor += config.batch_size
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], tokenizer.pad_token_id).items()}
-        terms = str_loss(model, batch, safety_ids, str_config, sampler.next() if sampler else None)
+        anchor_rows = anchors.rows(schedule.rows(step - 1)) if schedule and schedule.active(step - 1) else None
+        terms = str_loss(model, batch, safety_ids, str_config, anchor_rows)
         loss_value = float(terms.loss.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"{desc}: loss became {loss_value} at step {step}")

@@ -251,7 +251,9 @@ class ToyCorpus:
     train_harmful: list[Example]  # harmful requests with the aligned refusal (anchors)
 
 
-def build_corpus(seed: int = 0, n_skill: int = 1800, n_task: int = 400, n_eval: int = 200) -> ToyCorpus:
+def build_corpus(
+    seed: int = 0, n_skill: int = 1800, n_task: int = 400, n_instruct_skill: int = 300, n_eval: int = 200
+) -> ToyCorpus:
     """Generate every split deterministically from ``seed``."""
     rng = random.Random(seed)
     harmful, benign, homonyms = split_acts(HARMFUL, rng), split_acts(BENIGN, rng), split_homonyms(rng)
@@ -301,6 +303,13 @@ def build_corpus(seed: int = 0, n_skill: int = 1800, n_task: int = 400, n_eval: 
         Example(p, BASE_BENIGN.format(act=a), "benign", c) for c, a, p in requests(benign_train, TRAIN_TEMPLATES)
     ]
     instruct += [task_example(rng, rng.choice(TASK_TRAIN_TEMPLATES)) for _ in range(n_task)]
+    # General instruction data covers many skills, as Alpaca-style sets do: a share of
+    # skill examples keeps the benign fine-tuning set from being the task alone.
+    instruct += [
+        skill_example(rng, s, rng.choice(train_t))
+        for s, (train_t, _) in SKILLS.items()
+        for _ in range(n_instruct_skill // len(SKILLS))
+    ]
 
     def sample(rows: list[Example], n: int) -> list[Example]:
         return rng.sample(rows, min(n, len(rows)))
