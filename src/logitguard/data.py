@@ -1,44 +1,67 @@
-"""Turn single-turn chat examples into token ids with assistant-only labels."""
+"""Chat examples to token ids with assistant-only labels, and chat data files to examples."""
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
+Messages = list[dict[str, str]]
+Overflow = Literal["truncate", "error"]
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Token ids of a user turn followed by the assistant generation prompt."""
+    return _render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generation_prompt: bool) -> list[int]:
     check_chat_template(tokenizer)
-    messages = [{"role": "user", "content": prompt}]
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+    rendered = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+    )
+    return list(rendered)
+
+
+def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> dict[str, list[int]]:
+    """Ids of a whole conversation; labels are the ids on assistant turns and ``IGNORE_INDEX`` elsewhere.
+
+    Each assistant turn is located by rendering the conversation before it with
+    the generation prompt, which must be an exact prefix of the conversation up
+    to and including that turn (true of common chat templates).
+    """
+    full = _render(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        head = _render(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = _render(tokenizer, messages[: i + 1], add_generation_prompt=False) if i + 1 < len(messages) else full
+        if upto[: len(head)] != head or full[: len(upto)] != upto:
+            raise ValueError(
+                "the chat template does not render the conversation before an assistant turn (with "
+                "add_generation_prompt=True) as a prefix of the conversation, so assistant tokens cannot be located"
+            )
+        labels[len(head) : len(upto)] = full[len(head) : len(upto)]
+    return {"input_ids": full, "labels": labels}
 
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> dict[str, list[int]]:
-    """Ids of the whole conversation; labels are ``IGNORE_INDEX`` on the prompt part.
-
-    Requires the chat template to render the prompt with its generation prompt
-    as an exact prefix of the full conversation (true of common templates).
-    """
-    head = prompt_ids(tokenizer, prompt)
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
-    if full[: len(head)] != head:
-        raise ValueError(
-            "the chat template does not render the prompt (with add_generation_prompt=True) as a prefix "
-            "of the full conversation, so the assistant tokens cannot be located"
-        )
-    return {"input_ids": full, "labels": [IGNORE_INDEX] * len(head) + full[len(head) :]}
+    """A single-turn example: ``encode_messages`` of one user and one assistant message."""
+    return encode_messages(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
 
 
 def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
-            "set tokenizer.chat_template or pick an instruct/chat model"
+            "set tokenizer.chat_template (model.chat_template in a run config) or pick an instruct/chat model"
         )
 
 
@@ -56,3 +79,80 @@ def collate(features: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, 
         batch["attention_mask"][row, :n] = 1
         batch["labels"][row, :n] = torch.tensor(f["labels"])
     return batch
+
+
+def record_messages(record: object, where: str) -> Messages:
+    """The conversation in one data record: ``{"messages": [...]}`` or ``{"prompt": ..., "completion": ...}``.
+
+    ``prompt``/``completion`` may be strings or message lists (TRL's conversational
+    prompt-completion format). ``where`` ("file:line") prefixes every error.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        messages = record["messages"]
+    elif "prompt" in record and "completion" in record:
+        prompt, completion = record["prompt"], record["completion"]
+        messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + (
+            completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        )
+    else:
+        raise ValueError(f"{where}: a record needs 'messages', or 'prompt' and 'completion'; found {sorted(record)}")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list")
+    for j, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"{where}: message {j} needs string 'role' and 'content'")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError(f"{where}: no assistant message to train on")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def read_chat_jsonl(path: str | Path) -> list[Messages]:
+    """Conversations from a JSONL file (one record per line, blank lines skipped); errors name file and line."""
+    path = Path(path)
+    conversations = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            conversations.append(record_messages(record, where))
+    if not conversations:
+        raise ValueError(f"{path}: no training records")
+    return conversations
+
+
+def encode_dataset(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Messages],
+    max_length: int,
+    on_overflow: Overflow = "truncate",
+    source: str = "training data",
+) -> list[dict[str, list[int]]]:
+    """Encode conversations, truncating those longer than ``max_length`` (with one warning) or failing."""
+    encoded, truncated = [], []
+    for index, messages in enumerate(conversations):
+        example = encode_messages(tokenizer, messages)
+        if len(example["input_ids"]) > max_length:
+            if on_overflow == "error":
+                raise ValueError(
+                    f"{source}: record {index + 1} has {len(example['input_ids'])} tokens, more than max_length "
+                    f"{max_length} (raise max_length or set on_overflow: truncate)"
+                )
+            truncated.append(index + 1)
+            example = {key: value[:max_length] for key, value in example.items()}
+        if all(label == IGNORE_INDEX for label in example["labels"][1:]):
+            raise ValueError(f"{source}: record {index + 1} has no assistant tokens within max_length {max_length}")
+        encoded.append(example)
+    if truncated:
+        warnings.warn(
+            f"{source}: truncated {len(truncated)} of {len(encoded)} records to max_length {max_length} "
+            f"(records {truncated[:5]}{'...' if len(truncated) > 5 else ''})",
+            stacklevel=2,
+        )
+    return encoded

@@ -1,0 +1,1 @@
+"""One module per ``logitguard`` command, each with ``main(argv)``."""

@@ -1,0 +1,59 @@
+"""Load a user's causal LM and tokenizer (hub name or local path) with safe, documented defaults."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from logitguard.data import check_chat_template
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(
+    name_or_path: str,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    chat_template: str | None = None,
+) -> PreTrainedTokenizerBase:
+    """The tokenizer, ready for chat training and batched generation.
+
+    ``chat_template`` (a Jinja file path or the template itself) replaces the
+    tokenizer's own; a tokenizer left without one is an error. A tokenizer
+    without a pad token gets its EOS token as pad (the usual choice; labels and
+    attention masks never depend on the pad id).
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"could not load the tokenizer of {name_or_path!r}: {e}") from e
+    if chat_template:
+        path = Path(chat_template)
+        tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else chat_template
+    check_chat_template(tokenizer)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token; set one")
+        warnings.warn(f"tokenizer of {name_or_path!r} has no pad token; using its EOS token", stacklevel=2)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    dtype: str = "auto",
+) -> PreTrainedModel:
+    """The causal LM through ``from_pretrained`` (safetensors; no remote code unless asked)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, revision=revision, dtype=DTYPES[dtype]
+        )
+    except (OSError, ValueError) as e:
+        raise ValueError(f"could not load the model {name_or_path!r}: {e}") from e

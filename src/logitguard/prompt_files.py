@@ -1,0 +1,75 @@
+"""Read prompt lists from the files people have: TXT, JSON, JSONL and CSV, standard benchmarks included.
+
+The prompt column of a CSV is recognised from its header (AdvBench ``goal``,
+JailbreakBench ``Goal``, HarmBench ``Behavior``, StrongREJECT
+``forbidden_prompt``, XSTest ``prompt``) or given with ``column``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+PROMPT_COLUMNS = ("prompt", "goal", "Goal", "Behavior", "forbidden_prompt", "instruction", "question")
+
+
+def read_prompts(path: str | Path, column: str | None = None) -> list[str]:
+    """Non-empty prompts from ``path``; errors name the file (and line) and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such prompt file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        prompts = _csv_prompts(path, column)
+    elif suffix == ".jsonl":
+        prompts = []
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    prompts.append(_record_prompt(_json(line, f"{path}:{number}"), column, f"{path}:{number}"))
+    elif suffix == ".json":
+        records = _json(path.read_text(encoding="utf-8"), str(path))
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON list of prompts or records")
+        prompts = [_record_prompt(r, column, f"{path}[{i}]") for i, r in enumerate(records)]
+    elif suffix == ".txt":
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        raise ValueError(f"{path}: unknown prompt file type {suffix!r}; use .txt, .json, .jsonl or .csv")
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise ValueError(f"{path}: no prompts found")
+    return prompts
+
+
+def _json(text: str, where: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def _record_prompt(record: object, column: str | None, where: str) -> str:
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a string or an object with a prompt field")
+    key = column or next((c for c in PROMPT_COLUMNS if c in record), None)
+    if key is None or key not in record:
+        expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
+        raise ValueError(f"{where}: no prompt field ({expected}); found {sorted(record)}")
+    if not isinstance(record[key], str):
+        raise ValueError(f"{where}: field {key!r} is not a string")
+    return record[key]
+
+
+def _csv_prompts(path: Path, column: str | None) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        key = column or next((c for c in PROMPT_COLUMNS if c in header), None)
+        if key is None or key not in header:
+            expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
+            raise ValueError(f"{path}: no prompt column ({expected}) in header {header}")
+        return [row[key] or "" for row in reader]

@@ -1,0 +1,222 @@
+"""`logitguard train` and `logitguard tokens` on a tiny local model: outputs, resume after SIGKILL, DDP, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import AutoPeftModelForCausalLM
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from logitguard.cli import main
+from logitguard.discovery import SafetyTokens
+from logitguard.run_config import load_run_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tokenizer):
+    """A tiny random Llama saved with save_pretrained, a JSONL training set and a run config using them."""
+    root = tmp_path_factory.mktemp("train-cli")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    with (root / "train.jsonl").open("w") as f:
+        for i in range(48):
+            words = " ".join(["red", "dog", "cat", "lake"][: 2 + i % 3])
+            f.write(json.dumps({"prompt": f"Count the words in: {words}", "completion": str(2 + i % 3)}) + "\n")
+    run = {
+        "output_dir": str(root / "out"),
+        "model": {"name_or_path": str(root / "model")},
+        "data": {"train": str(root / "train.jsonl"), "max_length": 64},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "training": {
+            "max_steps": 6,
+            "per_device_batch_size": 4,
+            "learning_rate": 0.01,
+            "save_steps": 2,
+            "logging_steps": 2,
+            "use_cpu": True,
+        },
+        "str": {"refusals": "templates", "k": 8, "anchors_per_step": 4},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(run))
+    return root
+
+
+def cli(*args, **env):
+    """Run `python -m logitguard.cli ARGS` in a subprocess (as a user would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "logitguard.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
+
+
+def adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_train_writes_adapter_artifacts_config_and_log(workspace, capsys):
+    out = workspace / "out-basic"
+    assert main(["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}"]) == 0
+    model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
+    assert any("lora_B" in name for name, _ in model.named_parameters())
+    SafetyTokens.load(out / "safety_tokens.json")
+    assert (out / "anchors.safetensors").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["str"]["k"] == 8
+    log = json.loads((out / "train_log.json").read_text())
+    assert [e["step"] for e in log if "str_anchor" in e] == [2, 4, 6]
+    assert all(e["task_loss"] > 0 for e in log if "task_loss" in e)
+    # A second run into the same directory would overwrite the first: refused.
+    assert main(["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(workspace):
+    config = str(workspace / "run.yaml")
+    steps = ["training.max_steps=60", "training.save_steps=10", "training.logging_steps=10"]
+    whole = workspace / "out-whole"
+    assert cli("train", "--config", config, f"output_dir={whole}", *steps).returncode == 0
+
+    killed = workspace / "out-killed"
+    args = [sys.executable, "-m", "logitguard.cli", "train", "--config", config, f"output_dir={killed}", *steps]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "checkpoint-10" / "logitguard-complete"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "adapter").exists()
+    # A save cut short by the kill: a newer checkpoint folder without the completion marker.
+    half = killed / "checkpoints" / "checkpoint-50"
+    shutil.copytree(killed / "checkpoints" / "checkpoint-10", half)
+    (half / "logitguard-complete").unlink()
+    (half / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+
+    resumed = cli("train", "--config", config, f"output_dir={killed}", *steps, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout and "checkpoint-50" not in resumed.stdout
+    assert (killed / "checkpoints" / "incomplete-checkpoint-50").is_dir()
+    assert max_difference(adapter(killed), adapter(whole)) < 1e-5
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspace):
+    config = str(workspace / "run.yaml")
+    single, double = workspace / "out-1proc", workspace / "out-2proc"
+    assert cli("train", "--config", config, f"output_dir={single}").returncode == 0
+    command = ["torchrun", "--nproc_per_node", "2", "-m", "logitguard.cli", "train", "--config", config]
+    launched = subprocess.run(
+        [*command, f"output_dir={double}", "training.per_device_batch_size=2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert max_difference(adapter(single), adapter(double)) < 1e-5
+    logs = [json.loads((out / "train_log.json").read_text()) for out in (single, double)]
+    anchor_terms = [[e["str_anchor"] for e in log if "str_anchor" in e] for log in logs]
+    assert anchor_terms[0] == pytest.approx(anchor_terms[1], rel=1e-3, abs=1e-6)
+    assert anchor_terms[0][-1] > 0
+
+
+def test_tokens_command_writes_an_artifact_for_a_local_model(workspace, tokenizer):
+    out = workspace / "tokens.json"
+    model = str(workspace / "model")
+    assert main(["tokens", "--model", model, "--out", str(out), "--k", "5", "--refusals", "templates"]) == 0
+    tokens = SafetyTokens.load(out)
+    assert tokens.k == 5 and tokens.method["n_refusals"] > 0
+    tokens.check_tokenizer(tokenizer)
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"messages": [',
+            r"train.jsonl:2: malformed JSON",
+        ),
+        ('{"text": "no messages here"}\n', r"train.jsonl:1: a record needs 'messages'"),
+        ("\n\n", r"train.jsonl: no training records"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}\n', r"train.jsonl:1: no assistant message"),
+    ],
+)
+def test_bad_training_data_names_the_file_and_line(workspace, tmp_path, capsys, data, message):
+    path = write(tmp_path / "train.jsonl", data)
+    args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={tmp_path / 'out'}", f"data.train={path}"]
+    assert main(args) == 2
+    assert message.replace("train.jsonl", str(tmp_path / "train.jsonl")) in capsys.readouterr().err
+    assert not (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_over_long_records_truncate_with_a_warning_or_fail(workspace, tmp_path, capsys):
+    long = {"prompt": "Count the words in: " + "red dog " * 40, "completion": "many"}
+    path = write(tmp_path / "long.jsonl", json.dumps(long) + "\n")
+    base = ["train", "--config", str(workspace / "run.yaml"), f"data.train={path}", "data.max_length=16"]
+    assert main([*base, f"output_dir={tmp_path / 'a'}", "data.on_overflow=error"]) == 2
+    assert "record 1 has" in capsys.readouterr().err
+    # Truncated to 16 tokens the record keeps no assistant token: a clear error, not a silent empty example.
+    assert main([*base, f"output_dir={tmp_path / 'b'}"]) == 2
+    assert "no assistant tokens within max_length 16" in capsys.readouterr().err
+
+
+def test_safety_tokens_from_another_tokenizer_are_refused(workspace, tmp_path, capsys):
+    other = SafetyTokens([1, 2], ["a", "b"], [1.0, 0.5], tokenizer_fingerprint="0000")
+    other.save(tmp_path / "other.json")
+    args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={tmp_path / 'out'}"]
+    assert main([*args, f"str.tokens={tmp_path / 'other.json'}"]) == 2
+    assert "another tokenizer" in capsys.readouterr().err
+
+
+def test_config_errors_name_the_file_and_line(workspace, tmp_path, capsys):
+    config = write(tmp_path / "bad.yaml", "output_dir: out\nmodel:\n  name_or_path: m\nstr:\n  wieght: 0.5\n")
+    assert main(["train", "--config", config]) == 2
+    assert f"{config}, line 5: unknown key 'str.wieght'" in capsys.readouterr().err
+    full_ft_task_ref = ["lora.enabled=false", "str.reference=task"]
+    assert main(["train", "--config", str(workspace / "run.yaml"), *full_ft_task_ref]) == 2
+    assert "needs LoRA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_configs_load_and_open_with_their_command(path):
+    assert path.read_text().splitlines()[0].startswith(f"# logitguard train --config configs/{path.name}")
+    config = load_run_config(path)
+    assert config.output_dir and config.model.name_or_path
+
+
+def test_there_are_example_configs():
+    assert len(CONFIGS) >= 3
