@@ -130,13 +130,14 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(workspace
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspace):
+@pytest.mark.parametrize("anchor_pass", ["shared", "separate"])
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspace, anchor_pass):
     config = str(workspace / "run.yaml")
-    single, double = workspace / "out-1proc", workspace / "out-2proc"
-    assert cli("train", "--config", config, f"output_dir={single}").returncode == 0
+    single, double = workspace / f"out-1proc-{anchor_pass}", workspace / f"out-2proc-{anchor_pass}"
+    assert cli("train", "--config", config, f"output_dir={single}", f"str.anchor_pass={anchor_pass}").returncode == 0
     command = ["torchrun", "--nproc_per_node", "2", "-m", "logitguard.cli", "train", "--config", config]
     launched = subprocess.run(
-        [*command, f"output_dir={double}", "training.per_device_batch_size=2"],
+        [*command, f"output_dir={double}", "training.per_device_batch_size=2", f"str.anchor_pass={anchor_pass}"],
         capture_output=True,
         text=True,
         timeout=600,

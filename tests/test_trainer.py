@@ -63,13 +63,15 @@ def perturb_lora(model):
                 p.normal_(0, 0.05)
 
 
-@pytest.mark.parametrize("reference", ["anchors", "task", "both"])
-def test_trainer_loss_equals_the_custom_loop_loss(random_model, tokenizer, tmp_path, reference):
+@pytest.mark.parametrize(
+    ("reference", "anchor_pass"), [("anchors", "shared"), ("anchors", "separate"), ("task", "auto"), ("both", "auto")]
+)
+def test_trainer_loss_equals_the_custom_loop_loss(random_model, tokenizer, tmp_path, reference, anchor_pass):
     tokens = safety_tokens(tokenizer)
     cache = build_anchor_cache(random_model, tokenizer, REFUSALS * 2, tokens)
     model = lora(random_model)
     perturb_lora(model)
-    config = STRConfig(penalty="kl", weight=0.7, reference=reference, anchors_per_step=4)
+    config = STRConfig(penalty="kl", weight=0.7, reference=reference, anchors_per_step=4, anchor_pass=anchor_pass)
     trainer = make_trainer(model, tokenizer, tmp_path, config, cache, tokens)
     batch = collate([encode_chat(tokenizer, p, r) for p, r in PAIRS], tokenizer.pad_token_id)
     n = int((batch["labels"][:, 1:] != -100).sum())

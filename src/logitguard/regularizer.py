@@ -44,6 +44,11 @@ class STRConfig:
         anchors_per_step: anchor rows per optimizer step, shared out over ranks and gradient-accumulation
             micro-batches (each step's anchor term is the mean over all of them).
         anchor_every: anchors run on every ``anchor_every``-th optimizer step only (cheaper, weaker).
+        anchor_pass: ``"shared"`` puts anchor rows in the task batch's forward pass (padded to its length),
+            ``"separate"`` runs them in a short forward of their own; ``"auto"`` shares the pass unless the
+            task rows are more than twice as long as the anchors (padding would then cost more than the
+            anchors themselves). At tiny scale a second forward costs nearly a whole step; at real
+            sequence lengths padding 8 anchors to 2k tokens would.
         temperature: softmax temperature of the ``"kl"`` penalty.
         mask_conflicts: leave out task positions the reference would refuse (task reference only).
         rest_bucket: on anchors, compare full-vocabulary log-probabilities of the k tokens plus one bucket
@@ -56,6 +61,7 @@ class STRConfig:
     reference: Reference = "anchors"
     anchors_per_step: int = 8
     anchor_every: int = 1
+    anchor_pass: Literal["auto", "shared", "separate"] = "auto"
     temperature: float = 1.0
     mask_conflicts: bool = True
     rest_bucket: bool = True
@@ -69,6 +75,8 @@ class STRConfig:
         for name in ("anchors_per_step", "anchor_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.anchor_pass not in ("auto", "shared", "separate"):
+            raise ValueError(f"anchor_pass must be 'auto', 'shared' or 'separate', got {self.anchor_pass!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -76,6 +84,12 @@ class STRConfig:
         if self.penalty == "kl":
             return partial(salient_kl, temperature=self.temperature)
         return get_penalty(self.penalty)
+
+    def shares_anchor_pass(self, task_length: int, anchor_length: int) -> bool:
+        """Whether anchor rows join the task rows' forward pass (see ``anchor_pass``)."""
+        if self.anchor_pass == "auto":
+            return task_length <= 2 * anchor_length
+        return self.anchor_pass == "shared"
 
     @property
     def uses_anchors(self) -> bool:
@@ -261,9 +275,12 @@ def str_loss(
     device = input_ids.device
     zero = torch.zeros((), device=device)
 
+    shared = False
     if use_anchors:
         anchors = {key: value.to(device) for key, value in anchors.items()}
-        input_ids, attention_mask = with_anchor_rows(input_ids, attention_mask, anchors)
+        shared = config.shares_anchor_pass(input_ids.shape[1], anchors["input_ids"].shape[1])
+        if shared:
+            input_ids, attention_mask = with_anchor_rows(input_ids, attention_mask, anchors)
     hidden = final_hidden_states(model, input_ids, attention_mask)
     task_hidden = hidden[:n_task, : labels.shape[1]]
 
@@ -277,7 +294,10 @@ def str_loss(
 
     str_anchor = str_task = conflict_fraction = zero
     if use_anchors:
-        str_anchor = anchor_penalty(model, hidden[n_task:], anchors, safety_ids.to(device), config)
+        anchor_hidden = (
+            hidden[n_task:] if shared else final_hidden_states(model, anchors["input_ids"], anchors["attention_mask"])
+        )
+        str_anchor = anchor_penalty(model, anchor_hidden, anchors, safety_ids.to(device), config)
     if use_task:
         str_task, conflict_fraction = task_penalty(
             model, batch, h_sel, positions, safety_ids.to(device), config, reduction="sum"

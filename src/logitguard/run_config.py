@@ -80,6 +80,7 @@ class SafetySection:
     reference: Literal["anchors", "task", "both"] = "anchors"
     anchors_per_step: int = 8
     anchor_every: int = 1
+    anchor_pass: Literal["auto", "shared", "separate"] = "auto"
     temperature: float = 1.0
     mask_conflicts: bool = True
     rest_bucket: bool = True

@@ -5,7 +5,9 @@
 (Trainer's model loss, TRL's chunked NLL, DFT, label smoothing, ...):
 
 * anchor rows join the task rows in the host's own forward pass, with labels
-  ``-100`` so the task loss and ``num_items_in_batch`` do not see them;
+  ``-100`` so the task loss and ``num_items_in_batch`` do not see them (or run in
+  a short forward of their own when the task rows are much longer, see
+  ``STRConfig.anchor_pass``);
 * a forward hook on the decoder stack keeps its final hidden states, from which
   only the k safety-token logits are computed (``hidden @ W_out[ids].T``);
 * the task-batch reference comes from the same PEFT model with adapters disabled.
@@ -103,7 +105,10 @@ class STRTrainerMixin:
         n_task = inputs["input_ids"].shape[0]
         anchors = self._anchor_rows(inputs["input_ids"].device)
         task_inputs = inputs
-        if anchors is not None:
+        shared = anchors is not None and config.shares_anchor_pass(
+            inputs["input_ids"].shape[1], anchors["input_ids"].shape[1]
+        )
+        if shared:
             input_ids, attention_mask = with_anchor_rows(inputs["input_ids"], inputs["attention_mask"], anchors)
             labels = torch.full_like(input_ids, IGNORE_INDEX)
             labels[:n_task, : inputs["labels"].shape[1]] = inputs["labels"]
@@ -114,12 +119,21 @@ class STRTrainerMixin:
         task_loss, outputs = result if return_outputs else (result, None)
         hidden = hidden_states[0]
         peft_model = self.accelerator.unwrap_model(model)
+        anchor_hidden = None
+        if anchors is not None:
+            anchor_hidden = (
+                hidden[n_task:]
+                if shared
+                else decoder_stack(peft_model)(
+                    input_ids=anchors["input_ids"], attention_mask=anchors["attention_mask"], use_cache=False
+                ).last_hidden_state
+            )
         ids = self.safety_ids.to(hidden.device)
         zero = torch.zeros((), device=hidden.device)
         anchor_share = task_share = conflicts = zero  # this micro-batch's shares of the step's means
         if anchors is not None:
             total = anchors.pop("global_positions")
-            anchor_share = anchor_penalty(peft_model, hidden[n_task:], anchors, ids, config, "sum") / total
+            anchor_share = anchor_penalty(peft_model, anchor_hidden, anchors, ids, config, "sum") / total
         if config.uses_task:
             labels = task_inputs["labels"]
             positions = labels[:, 1:] != IGNORE_INDEX
