@@ -1,5 +1,6 @@
 """`logitguard train` and `logitguard tokens` on a tiny local model: outputs, resume after SIGKILL, DDP, bad input."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -221,3 +222,14 @@ def test_example_configs_load_and_open_with_their_command(path):
 
 def test_there_are_example_configs():
     assert len(CONFIGS) >= 3
+
+
+def test_qlora_trains_where_a_gpu_and_bitsandbytes_exist_and_says_so_elsewhere(workspace, tmp_path, capsys):
+    args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={tmp_path / 'out'}"]
+    args += ["model.load_in_4bit=true", "training.use_cpu=false"]
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+        assert main(args) == 0
+        assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    else:
+        assert main(args) == 2
+        assert "needs a CUDA GPU and the bitsandbytes package" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -47,13 +48,31 @@ def load_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     dtype: str = "auto",
+    load_in_4bit: bool = False,
+    device: str | torch.device | None = None,
 ) -> PreTrainedModel:
-    """The causal LM through ``from_pretrained`` (safetensors; no remote code unless asked)."""
+    """The causal LM through ``from_pretrained`` (safetensors; no remote code unless asked).
+
+    ``load_in_4bit`` loads NF4 weights for QLoRA (bitsandbytes on a CUDA GPU; the
+    LM head stays unquantised, so the safety-token rows are exact).
+    """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    extra = {}
+    if load_in_4bit:
+        if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+            raise ValueError("QLoRA (model.load_in_4bit) needs a CUDA GPU and the bitsandbytes package")
+        from transformers import BitsAndBytesConfig
+
+        compute_dtype = torch.bfloat16 if dtype == "auto" else DTYPES[dtype]
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
+        )
+        extra["device_map"] = {"": torch.device(device or "cuda").index or 0}
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, revision=revision, dtype=DTYPES[dtype]
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, revision=revision, dtype=DTYPES[dtype], **extra
         )
     except (OSError, ValueError) as e:
         raise ValueError(f"could not load the model {name_or_path!r}: {e}") from e
+    return model if load_in_4bit or device is None else model.to(device)

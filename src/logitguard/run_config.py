@@ -27,6 +27,7 @@ class ModelSection:
     dtype: str = "auto"
     chat_template: str | None = None  # a Jinja file or string replacing the tokenizer's template
     trust_remote_code: bool = False
+    load_in_4bit: bool = False  # QLoRA: NF4 weights via bitsandbytes (CUDA GPU only)
 
 
 @dataclass
@@ -121,6 +122,8 @@ class RunConfig:
                     "with its adapters disabled, and full fine-tuning has none (it would need a frozen copy of the "
                     "model in memory). Use str.reference: anchors, whose references are cached before training"
                 )
+            if self.model.load_in_4bit and not self.lora.enabled:
+                raise ValueError(f"{source}: model.load_in_4bit (QLoRA) needs lora.enabled: true")
             if self.str.k <= 0:
                 raise ValueError(f"{source}: str.k must be > 0")
 

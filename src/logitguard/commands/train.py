@@ -112,7 +112,7 @@ def prepare_artifacts(config: RunConfig, model, tokenizer, out: Path):
 def run(config: RunConfig, resume: bool) -> Path:
     """Train as configured and write the outputs into ``config.output_dir``; returns it."""
     from accelerate import PartialState
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments, set_seed
 
     from logitguard.checkpoints import MarkCompleteCheckpoints, last_complete_checkpoint, set_aside_incomplete
@@ -160,7 +160,7 @@ def run(config: RunConfig, resume: bool) -> Path:
         record_config(config, out, resume)
     state.wait_for_everyone()
     set_seed(config.training.seed)  # LoRA initialisation draws from the global RNG
-    model = load_model(m.name_or_path, m.trust_remote_code, m.revision, m.dtype).to(device)
+    model = load_model(m.name_or_path, m.trust_remote_code, m.revision, m.dtype, m.load_in_4bit, device)
     artifacts = prepare_artifacts(config, model, tokenizer, out) if config.str.enabled else None
     if config.lora.enabled:
         lora = config.lora
@@ -171,6 +171,8 @@ def run(config: RunConfig, resume: bool) -> Path:
             target_modules=lora.target_modules,
             task_type="CAUSAL_LM",
         )
+        if m.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, t.gradient_checkpointing)
         model = get_peft_model(model, peft_config)
     common = {
         "model": model,
