@@ -27,6 +27,7 @@ def test_str_keeps_refusals_that_plain_sft_erodes(demo_run):
     assert str_["harmful_refusal"] - sft["harmful_refusal"] >= 0.5
     assert str_["task_accuracy"] >= sft["task_accuracy"] - 0.02
     assert sft["task_accuracy"] >= aligned["task_accuracy"] + 0.5
+    assert str_["benign_skills"] >= aligned["benign_skills"] - 0.05
 
 
 def test_demo_writes_its_artifacts(demo_run):
@@ -65,6 +66,6 @@ def test_unwritable_output_directory_fails_before_any_work(tmp_path, capsys):
 
 def test_cli_lists_commands_and_rejects_unknown_ones(capsys):
     assert main([]) == 0
-    assert "demo" in capsys.readouterr().out
+    assert {"demo", "tokens", "train"} <= set(capsys.readouterr().out.split())
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err

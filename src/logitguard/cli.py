@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": ("logitguard.demo", "STR end to end on the embedded toy model: the problem and the fix"),
     "tokens": ("logitguard.commands.tokens", "discover a chat model's safety tokens and save the artifact"),
     "train": ("logitguard.commands.train", "fine-tune with LoRA + STR from a YAML run config (resumable)"),
+    "eval": ("logitguard.commands.eval", "refusal, attack success, over-refusal and task utility"),
 }
 
 

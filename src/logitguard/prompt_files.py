@@ -73,3 +73,35 @@ def _csv_prompts(path: Path, column: str | None) -> list[str]:
             expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
             raise ValueError(f"{path}: no prompt column ({expected}) in header {header}")
         return [row[key] or "" for row in reader]
+
+
+def read_records(path: str | Path) -> list[tuple[str, dict]]:
+    """(``file:line``, record) for each object of a JSONL file, or of a JSON list."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() == ".json":
+        records = _json(path.read_text(encoding="utf-8"), str(path))
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON list of records")
+        located = [(f"{path}[{i}]", r) for i, r in enumerate(records)]
+    else:
+        with path.open(encoding="utf-8") as f:
+            located = [(f"{path}:{n}", _json(line, f"{path}:{n}")) for n, line in enumerate(f, 1) if line.strip()]
+    for where, record in located:
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object")
+    if not located:
+        raise ValueError(f"{path}: no records")
+    return located
+
+
+def read_task(path: str | Path) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from JSONL/JSON records with ``prompt`` and ``answer`` fields."""
+    pairs = []
+    for where, record in read_records(path):
+        missing = [key for key in ("prompt", "answer") if not isinstance(record.get(key), str)]
+        if missing:
+            raise ValueError(f"{where}: a task record needs string fields 'prompt' and 'answer'; missing {missing}")
+        pairs.append((record["prompt"], record["answer"]))
+    return pairs

@@ -13,8 +13,9 @@ from logitguard.builtin_prompts import HARMFUL_PROMPTS, REJECTION_TEMPLATES
 from logitguard.prompt_files import read_prompts
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub name or local path of the aligned chat model")
+def add_model_arguments(parser: argparse.ArgumentParser, require_model: bool = True) -> None:
+    """The options that say which model to load and how (shared by the commands that load one)."""
+    parser.add_argument("--model", required=require_model, help="hub name or local path of the chat model")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument("--chat-template", default=None, help="Jinja file (or string) replacing the tokenizer's")

@@ -1,0 +1,146 @@
+"""``logitguard eval``: refusal, attack success, over-refusal and task utility of a model or of saved responses.
+
+Run: logitguard eval --model NAME_OR_PATH [--adapter DIR] [--harmful F] [--benign F] [--task F] --out DIR
+     logitguard eval --responses FILE --out DIR      (score existing responses; no model is loaded)
+Writes one JSONL per split (every response with its verdict) and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from logitguard.commands.tokens import add_model_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logitguard eval", description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser, require_model=False)
+    parser.add_argument("--responses", help="JSONL of {prompt, response[, kind, answer]} to score without a model")
+    parser.add_argument("--adapter", default=None, help="a PEFT adapter folder to load on top of --model")
+    parser.add_argument("--harmful", default=None, help="harmful prompts (AdvBench/JBB/HarmBench/... or plain files)")
+    parser.add_argument("--benign", default=None, help="benign prompts that sound harmful (e.g. XSTest safe rows)")
+    parser.add_argument("--task", default=None, help="JSONL/JSON task records with 'prompt' and 'answer'")
+    parser.add_argument("--column", default=None, help="prompt column or field of --harmful/--benign")
+    parser.add_argument("--task-metric", choices=["exact", "contains"], default="exact")
+    parser.add_argument("--judge", default="keyword", help="'keyword' (offline) or a guard model name or path")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts of each split")
+    parser.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.model is None) == (args.responses is None):
+        parser.error("give exactly one of --model and --responses")
+    try:
+        summary = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"logitguard eval: {e}", file=sys.stderr)
+        return 2
+    print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    print(f"wrote per-response verdicts and summary.json to {args.out}")
+    return 0
+
+
+def load_splits(args: argparse.Namespace) -> dict[str, list]:
+    """Prompts per split (built-in harmful and benign prompts when no file is given)."""
+    from logitguard.builtin_prompts import BENIGN_PAIRS, HARMFUL_PROMPTS
+    from logitguard.prompt_files import read_prompts, read_task
+
+    splits = {
+        "harmful": read_prompts(args.harmful, args.column) if args.harmful else list(HARMFUL_PROMPTS),
+        "benign": read_prompts(args.benign, args.column) if args.benign else [p for p, _ in BENIGN_PAIRS],
+        "task": read_task(args.task) if args.task else [],
+    }
+    return {name: rows[: args.limit] for name, rows in splits.items()}
+
+
+def saved_responses(path: str) -> dict[str, list[dict]]:
+    """Records of a responses file grouped by ``kind`` (default harmful), checked field by field."""
+    from logitguard.prompt_files import read_records
+
+    grouped: dict[str, list[dict]] = {"harmful": [], "benign": [], "task": []}
+    for where, record in read_records(path):
+        if not isinstance(record.get("prompt"), str) or not isinstance(record.get("response"), str):
+            raise ValueError(f"{where}: a response record needs string fields 'prompt' and 'response'")
+        kind = record.get("kind", "harmful")
+        if kind not in grouped:
+            raise ValueError(f"{where}: kind must be one of {sorted(grouped)}, got {kind!r}")
+        if kind == "task" and not isinstance(record.get("answer"), str):
+            raise ValueError(f"{where}: a task record needs a string 'answer'")
+        grouped[kind].append(record)
+    return grouped
+
+
+def run(args: argparse.Namespace) -> dict:
+    from logitguard.evaluation import judge_refusals, score_task, summarize
+    from logitguard.io import ensure_writable_dir, write_json, write_text
+    from logitguard.judges import make_judge
+
+    out = ensure_writable_dir(args.out)
+    if args.responses:
+        grouped = saved_responses(args.responses)
+        responses = {k: ([r["prompt"] for r in v], [r["response"] for r in v]) for k, v in grouped.items()}
+        answers = [r["answer"] for r in grouped["task"]]
+    else:
+        splits = load_splits(args)
+        generate_responses = responder(args)
+        responses = {
+            name: (prompts, generate_responses(prompts, name))
+            for name, prompts in [("harmful", splits["harmful"]), ("benign", splits["benign"])]
+        }
+        task_prompts = [p for p, _ in splits["task"]]
+        responses["task"] = (task_prompts, generate_responses(task_prompts, "task") if task_prompts else [])
+        answers = [a for _, a in splits["task"]]
+
+    judge = make_judge(args.judge)
+    records = {
+        "harmful": judge_refusals(*responses["harmful"], judge),
+        "benign": judge_refusals(*responses["benign"], judge),
+        "task": score_task(*responses["task"], answers, args.task_metric),
+    }
+    for name, rows in records.items():
+        if rows:
+            write_text(out / f"{name}.jsonl", "".join(_json_line(r) for r in rows))
+    summary = {"source": args.responses or args.model, "adapter": args.adapter, "judge": judge.name}
+    summary |= summarize(records["harmful"], records["benign"], records["task"])
+    if not any(k in summary for k in ("harmful_refusal", "benign_over_refusal", "task_accuracy")):
+        raise ValueError("nothing to evaluate: every split is empty")
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def responder(args: argparse.Namespace):
+    """A function (prompts, split name) -> greedy responses, from the model (and adapter) of ``args``."""
+    import torch
+
+    from logitguard.generation import generate
+    from logitguard.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code, args.revision, args.chat_template)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, args.trust_remote_code, args.revision, args.dtype, device=device)
+    if args.adapter:
+        from peft import PeftModel
+
+        if not (Path(args.adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{args.adapter}: not a PEFT adapter folder (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, args.adapter)
+
+    def respond(prompts: list[str], name: str) -> list[str]:
+        responses = generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, desc=f"{name} prompts")
+        if prompts and not any(r.strip() for r in responses):
+            print(f"logitguard eval: warning: every {name} response is empty", file=sys.stderr)
+        return responses
+
+    return respond
