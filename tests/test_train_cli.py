@@ -87,7 +87,7 @@ def max_difference(a: dict, b: dict) -> float:
 
 def test_train_writes_adapter_artifacts_config_and_log(workspace, capsys):
     out = workspace / "out-basic"
-    assert main(["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}"]) == 0
+    assert main(["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}", "monitor.every_steps=3"]) == 0
     model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
     assert any("lora_B" in name for name, _ in model.named_parameters())
     SafetyTokens.load(out / "safety_tokens.json")
@@ -96,6 +96,7 @@ def test_train_writes_adapter_artifacts_config_and_log(workspace, capsys):
     log = json.loads((out / "train_log.json").read_text())
     assert [e["step"] for e in log if "str_anchor" in e] == [2, 4, 6]
     assert all(e["task_loss"] > 0 for e in log if "task_loss" in e)
+    assert [e["step"] for e in log if "safety/refusal_rate" in e] == [0, 3, 6]
     # A second run into the same directory would overwrite the first: refused.
     assert main(["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}"]) == 2
     assert "already holds a run" in capsys.readouterr().err

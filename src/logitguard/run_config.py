@@ -1,7 +1,7 @@
 """The configuration of ``logitguard train``: YAML sections as dataclasses, checked with file and line.
 
-A run config has the sections ``model``, ``data``, ``lora``, ``training`` and
-``str`` plus ``output_dir``; ``key=value`` overrides use dotted keys
+A run config has the sections ``model``, ``data``, ``lora``, ``training``,
+``str`` and ``monitor`` plus ``output_dir``; ``key=value`` overrides use dotted keys
 (``str.weight=0.5``) and YAML values. Unknown keys and wrong types are errors
 that name the file and line (or the override).
 """
@@ -92,6 +92,15 @@ class SafetySection:
 
 
 @dataclass
+class MonitorSection:
+    every_steps: int = 0  # 0: off; else the refusal rate is measured and logged every this many steps
+    prompts: str | None = None  # held-out harmful prompts file; default: built-in ones kept apart from discovery
+    min_refusal: float | None = None
+    action: Literal["warn", "stop"] = "warn"
+    max_new_tokens: int = 16
+
+
+@dataclass
 class RunConfig:
     output_dir: str = ""
     model: ModelSection = field(default_factory=ModelSection)
@@ -99,6 +108,7 @@ class RunConfig:
     lora: LoraSection = field(default_factory=LoraSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     str: SafetySection = field(default_factory=SafetySection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
 
     def validate(self, source: str) -> None:
         """Cross-field checks; the STR settings are checked by building an :class:`STRConfig`."""
@@ -109,6 +119,8 @@ class RunConfig:
             raise ValueError(f"{source}: data.train is required")
         if self.data.max_length <= 0:
             raise ValueError(f"{source}: data.max_length must be > 0")
+        if self.monitor.every_steps < 0:
+            raise ValueError(f"{source}: monitor.every_steps must be >= 0 (0 turns the monitor off)")
         if self.training.save_total_limit < 2:
             raise ValueError(f"{source}: training.save_total_limit must be >= 2 so a complete checkpoint survives")
         if self.str.enabled:

@@ -215,7 +215,7 @@ class STRTrainerMixin:
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean of each STR term since the last log (averaged over processes) to the Trainer's logs."""
-        if self._str_metrics and not any(key.startswith("eval_") for key in logs):
+        if self._str_metrics and "loss" in logs:  # the training log, not eval or a callback's own
             means = torch.tensor([sum(v) / len(v) for v in self._str_metrics.values()], device=self.args.device)
             means = self.accelerator.reduce(means, reduction="mean")
             logs.update({key: round(float(m), 6) for key, m in zip(self._str_metrics, means, strict=True)})

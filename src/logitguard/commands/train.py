@@ -115,10 +115,13 @@ def run(config: RunConfig, resume: bool) -> Path:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments, set_seed
 
+    from logitguard.builtin_prompts import MONITOR_PROMPTS
     from logitguard.checkpoints import MarkCompleteCheckpoints, last_complete_checkpoint, set_aside_incomplete
     from logitguard.data import collate, encode_dataset
     from logitguard.io import atomic_directory, ensure_writable_dir, write_json
     from logitguard.loading import load_model, load_tokenizer
+    from logitguard.monitor import SafetyMonitor
+    from logitguard.prompt_files import read_prompts
     from logitguard.trainer import STRTrainer
 
     out = ensure_writable_dir(config.output_dir)
@@ -180,12 +183,19 @@ def run(config: RunConfig, resume: bool) -> Path:
         "train_dataset": encoded,
         "data_collator": lambda rows: collate(rows, tokenizer.pad_token_id),
         "callbacks": [MarkCompleteCheckpoints()],
+        "processing_class": tokenizer,
     }
     if artifacts:
         tokens, anchors = artifacts
         trainer = STRTrainer(**common, str_config=config.str.str_config(), safety_tokens=tokens, anchors=anchors)
     else:
         trainer = Trainer(**common)
+
+    if config.monitor.every_steps:
+        mon = config.monitor
+        prompts = read_prompts(mon.prompts) if mon.prompts else MONITOR_PROMPTS
+        monitor = SafetyMonitor(trainer, prompts, mon.every_steps, mon.min_refusal, mon.action, mon.max_new_tokens)
+        trainer.add_callback(monitor)
 
     checkpoint = None
     if resume and trainer.is_world_process_zero():

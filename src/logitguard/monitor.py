@@ -1,0 +1,80 @@
+"""A training-time safety monitor: refusal rate on held-out harmful prompts every N steps.
+
+Works with any ``transformers.Trainer`` (plain SFT included: it is how a user sees
+refusals erode), logs ``safety/refusal_rate`` with the other metrics (and so to
+TensorBoard or W&B), and can warn or stop when the rate falls below a threshold.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+from transformers import Trainer, TrainerCallback
+
+from logitguard.generation import generate
+from logitguard.refusal import refusal_rate
+
+Action = Literal["warn", "stop"]
+
+
+class SafetyMonitor(TrainerCallback):
+    """Measures refusals with greedy decoding of the first ``max_new_tokens`` tokens.
+
+    Args:
+        trainer: the trainer to monitor (its ``log`` carries the metric to every reporter).
+        prompts: held-out harmful prompts (a few dozen are enough).
+        every_steps: measure at step 0 (before training) and every this many optimizer steps.
+        min_refusal: threshold on the refusal rate; None only logs.
+        action: ``"warn"`` or ``"stop"`` (end training, after saving, as the Trainer does) below the threshold.
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        prompts: Sequence[str],
+        every_steps: int = 50,
+        min_refusal: float | None = None,
+        action: Action = "warn",
+        max_new_tokens: int = 16,
+    ) -> None:
+        if not prompts:
+            raise ValueError("the safety monitor needs at least one harmful prompt")
+        if every_steps <= 0:
+            raise ValueError(f"every_steps must be > 0, got {every_steps}")
+        if action not in ("warn", "stop"):
+            raise ValueError(f"action must be 'warn' or 'stop', got {action!r}")
+        if trainer.processing_class is None:
+            raise ValueError("the safety monitor needs the trainer's tokenizer (processing_class=...)")
+        self.trainer, self.prompts = trainer, list(prompts)
+        self.every_steps, self.min_refusal, self.action = every_steps, min_refusal, action
+        self.max_new_tokens = max_new_tokens
+
+    def measure(self) -> float:
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        tokenizer = self.trainer.processing_class
+        return refusal_rate(generate(model, tokenizer, self.prompts, self.max_new_tokens, desc=None))
+
+    def _check(self, state, control):
+        rate = self.measure()
+        self.trainer.log({"safety/refusal_rate": rate})
+        if self.min_refusal is not None and rate < self.min_refusal:
+            message = f"refusal rate {rate:.2f} fell below {self.min_refusal:.2f} at step {state.global_step}"
+            if self.action == "stop":
+                warnings.warn(f"{message}: stopping training", stacklevel=2)
+                control.should_training_stop = True
+                control.should_save = True
+            else:
+                warnings.warn(message, stacklevel=2)
+        return control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            return self._check(state, control)
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every_steps == 0:
+            return self._check(state, control)
+        return control
