@@ -58,7 +58,9 @@ class SafetyMonitor(TrainerCallback):
 
     def _check(self, state, control):
         rate = self.measure()
+        should_log = control.should_log  # the log below must not cancel the Trainer's own log of this step
         self.trainer.log({"safety/refusal_rate": rate})
+        control.should_log = should_log
         if self.min_refusal is not None and rate < self.min_refusal:
             message = f"refusal rate {rate:.2f} fell below {self.min_refusal:.2f} at step {state.global_step}"
             if self.action == "stop":
