@@ -15,6 +15,7 @@ COMMANDS = {
     "tokens": ("logitguard.commands.tokens", "discover a chat model's safety tokens and save the artifact"),
     "train": ("logitguard.commands.train", "fine-tune with LoRA + STR from a YAML run config (resumable)"),
     "eval": ("logitguard.commands.eval", "refusal, attack success, over-refusal and task utility"),
+    "report": ("logitguard.commands.report", "several runs side by side: a table and plots in one HTML page"),
 }
 
 

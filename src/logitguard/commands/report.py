@@ -1,0 +1,30 @@
+"""``logitguard report``: several runs side by side, as one self-contained HTML page plus PNGs.
+
+Run: logitguard report RUN_DIR [RUN_DIR ...] [--out report]
+A run directory is the output of ``logitguard train``, ``eval`` or ``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="logitguard report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run directories")
+    parser.add_argument("--out", default="report", help="output folder (default: report)")
+    args = parser.parse_args(argv)
+    from logitguard.report import collect_runs, table, write_report
+
+    try:
+        runs = collect_runs(args.runs)
+        path = write_report(runs, args.out)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"logitguard report: {e}", file=sys.stderr)
+        return 2
+    header, rows = table(runs)
+    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    print("\n".join("| " + " | ".join(row) + " |" for row in rows))
+    print(f"wrote {path} and its PNGs")
+    return 0
