@@ -234,3 +234,22 @@ def test_qlora_trains_where_a_gpu_and_bitsandbytes_exist_and_says_so_elsewhere(w
     else:
         assert main(args) == 2
         assert "needs a CUDA GPU and the bitsandbytes package" in capsys.readouterr().err
+
+
+def test_full_fine_tuning_with_anchors_saves_the_whole_model(workspace, tmp_path):
+    out = tmp_path / "full"
+    args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}", "lora.enabled=false"]
+    assert main([*args, "training.max_steps=2", "training.learning_rate=0.001"]) == 0
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
+
+
+def test_a_tokenizer_without_chat_template_is_a_clear_error(workspace, tmp_path, capsys):
+    model = tmp_path / "no-template"
+    shutil.copytree(workspace / "model", model)
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={tmp_path / 'out'}"]
+    assert main([*args, f"model.name_or_path={model}"]) == 2
+    assert "has no chat template" in capsys.readouterr().err

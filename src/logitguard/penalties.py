@@ -51,7 +51,7 @@ def salient_log_probs(logits: Tensor, logsumexp_all: Tensor) -> Tensor:
     return torch.cat([log_p, rest.unsqueeze(-1)], dim=-1)
 
 
-def _reduce(per_position: Tensor, mask: Tensor, reduction: Reduction) -> Tensor:
+def reduce_masked(per_position: Tensor, mask: Tensor, reduction: Reduction) -> Tensor:
     """Masked sum or mean of ``(*N,)`` values in fp32; 0 when the mask is empty."""
     mask = mask.to(torch.bool)
     total = torch.where(mask, per_position.float(), 0.0).sum()
@@ -76,7 +76,7 @@ def logit_mse(logits: Tensor, ref_logits: Tensor, mask: Tensor, reduction: Reduc
         Scalar fp32: per position the mean over k of ``(z - z_ref)^2``, reduced.
     """
     per_position = (logits.float() - ref_logits.detach().float()).pow(2).mean(dim=-1)
-    return _reduce(per_position, mask, reduction)
+    return reduce_masked(per_position, mask, reduction)
 
 
 def salient_kl(
@@ -104,7 +104,7 @@ def salient_kl(
     log_q = F.log_softmax(ref_logits.detach().float() / temperature, dim=-1)
     log_p = F.log_softmax(logits.float() / temperature, dim=-1)
     per_position = (log_q.exp() * (log_q - log_p)).sum(dim=-1) * temperature**2
-    return _reduce(per_position, mask, reduction)
+    return reduce_masked(per_position, mask, reduction)
 
 
 class Penalty(Protocol):

@@ -14,8 +14,13 @@ from pathlib import Path
 PROMPT_COLUMNS = ("prompt", "goal", "Goal", "Behavior", "forbidden_prompt", "instruction", "question")
 
 
-def read_prompts(path: str | Path, column: str | None = None) -> list[str]:
-    """Non-empty prompts from ``path``; errors name the file (and line) and what was expected."""
+def read_prompts(path: str | Path, column: str | None = None, split: str = "train") -> list[str]:
+    """Non-empty prompts from ``path``, or from a ``datasets`` name (``org/name``) when no such file exists.
+
+    Errors name the file (and line) and what was expected.
+    """
+    if not Path(path).exists() and _looks_like_dataset(str(path)):
+        return _dataset_prompts(str(path), column, split)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such prompt file")
@@ -40,6 +45,24 @@ def read_prompts(path: str | Path, column: str | None = None) -> list[str]:
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
         raise ValueError(f"{path}: no prompts found")
+    return prompts
+
+
+def _looks_like_dataset(name: str) -> bool:
+    return name.count("/") == 1 and not Path(name).suffix and not name.startswith((".", "/"))
+
+
+def _dataset_prompts(name: str, column: str | None, split: str) -> list[str]:
+    import datasets
+
+    rows = datasets.load_dataset(name, split=split)
+    key = column or next((c for c in PROMPT_COLUMNS if c in rows.column_names), None)
+    if key is None or key not in rows.column_names:
+        expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
+        raise ValueError(f"dataset {name} ({split}): no prompt column ({expected}) in {rows.column_names}")
+    prompts = [p for p in rows[key] if isinstance(p, str) and p.strip()]
+    if not prompts:
+        raise ValueError(f"dataset {name} ({split}): no prompts found")
     return prompts
 
 

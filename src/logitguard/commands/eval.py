@@ -20,10 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser, require_model=False)
     parser.add_argument("--responses", help="JSONL of {prompt, response[, kind, answer]} to score without a model")
     parser.add_argument("--adapter", default=None, help="a PEFT adapter folder to load on top of --model")
-    parser.add_argument("--harmful", default=None, help="harmful prompts (AdvBench/JBB/HarmBench/... or plain files)")
+    parser.add_argument("--harmful", default=None, help="harmful prompts: a file (AdvBench, JBB, ... CSVs) or dataset")
     parser.add_argument("--benign", default=None, help="benign prompts that sound harmful (e.g. XSTest safe rows)")
     parser.add_argument("--task", default=None, help="JSONL/JSON task records with 'prompt' and 'answer'")
     parser.add_argument("--column", default=None, help="prompt column or field of --harmful/--benign")
+    parser.add_argument("--split", default="train", help="split, when --harmful/--benign name a datasets dataset")
     parser.add_argument("--task-metric", choices=["exact", "contains"], default="exact")
     parser.add_argument("--judge", default="keyword", help="'keyword' (offline) or a guard model name or path")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -54,8 +55,8 @@ def load_splits(args: argparse.Namespace) -> dict[str, list]:
     from logitguard.prompt_files import read_prompts, read_task
 
     splits = {
-        "harmful": read_prompts(args.harmful, args.column) if args.harmful else list(HARMFUL_PROMPTS),
-        "benign": read_prompts(args.benign, args.column) if args.benign else [p for p, _ in BENIGN_PAIRS],
+        "harmful": read_prompts(args.harmful, args.column, args.split) if args.harmful else list(HARMFUL_PROMPTS),
+        "benign": read_prompts(args.benign, args.column, args.split) if args.benign else [p for p, _ in BENIGN_PAIRS],
         "task": read_task(args.task) if args.task else [],
     }
     return {name: rows[: args.limit] for name, rows in splits.items()}

@@ -1,0 +1,49 @@
+"""Peer-method losses as pure functions, checked against direct implementations (no model needed)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from logitguard.baselines import constrained_nll, full_vocab_kl, mix_safety_examples, response_betas
+
+
+def test_full_vocab_kl_matches_torch_and_is_zero_for_identical_logits():
+    torch.manual_seed(0)
+    logits, ref = torch.randn(6, 50), torch.randn(6, 50)
+    mask = torch.tensor([True, True, False, True, False, True])
+    expected = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(ref, -1), log_target=True, reduction="none").sum(-1)
+    assert full_vocab_kl(logits, ref, mask).item() == pytest.approx(expected[mask].mean().item(), rel=1e-5)
+    assert full_vocab_kl(ref, ref, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert full_vocab_kl(logits, ref, torch.zeros(6, dtype=torch.bool)).item() == 0.0
+
+
+def test_constrained_nll_gradient_is_a_sigmoid_weighted_nll_gradient():
+    log_p = torch.tensor([-2.0, -0.5, -3.0], requires_grad=True)
+    ref = torch.tensor([-1.0, -1.0, -3.0])
+    betas = torch.tensor([0.5, 2.0, 0.1])
+    mask = torch.ones(3, dtype=torch.bool)
+    constrained_nll(log_p, ref, betas, mask, reduction="sum").backward()
+    weight = 2 * (1 - torch.sigmoid(betas * (log_p.detach() - ref)))
+    assert torch.allclose(log_p.grad, -weight)  # d(-log p)/d log p = -1, scaled by the weight
+    at_reference = constrained_nll(ref, ref, betas, mask, reduction="sum")
+    assert at_reference.item() == pytest.approx(float((2 / betas * torch.log(torch.tensor(2.0))).sum()), rel=1e-6)
+
+
+def test_small_beta_approaches_plain_nll_gradient():
+    log_p = torch.tensor([-2.0], requires_grad=True)
+    constrained_nll(log_p, torch.tensor([-2.0]), torch.tensor([1e-4]), torch.ones(1, dtype=torch.bool)).backward()
+    assert log_p.grad.item() == pytest.approx(-1.0, abs=1e-3)
+
+
+def test_response_betas_weigh_the_first_tokens():
+    assert response_betas(torch.tensor([0, 1, 4, 5, 9])).tolist() == pytest.approx([0.5, 2.0, 2.0, 0.1, 0.1])
+
+
+def test_safety_mixing_adds_the_fraction_and_checks_it():
+    mixed = mix_safety_examples(list(range(100)), [f"s{i}" for i in range(10)], 0.03, seed=1)
+    assert len(mixed) == 103 and sum(isinstance(x, str) for x in mixed) == 3
+    assert mixed == mix_safety_examples(list(range(100)), [f"s{i}" for i in range(10)], 0.03, seed=1)
+    with pytest.raises(ValueError, match="fraction"):
+        mix_safety_examples([1], ["s"], 1.5)
+    with pytest.raises(ValueError, match="only 1 given"):
+        mix_safety_examples(list(range(100)), ["s"], 0.05)
