@@ -5,6 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from logitguard.baselines import constrained_nll, full_vocab_kl, mix_safety_examples, response_betas
+from logitguard.data import collate, encode_chat
+from logitguard.regularizer import str_loss
+from logitguard.training import TrainConfig, label_log_probs, train
+from tests.test_regularizer import PAIRS
 
 
 def test_full_vocab_kl_matches_torch_and_is_zero_for_identical_logits():
@@ -47,3 +51,43 @@ def test_safety_mixing_adds_the_fraction_and_checks_it():
         mix_safety_examples([1], ["s"], 1.5)
     with pytest.raises(ValueError, match="only 1 given"):
         mix_safety_examples(list(range(100)), ["s"], 0.05)
+
+
+def test_label_log_probs_are_the_models_own_at_each_label_position(random_model, tokenizer):
+
+    encoded = [encode_chat(tokenizer, p, r) for p, r in PAIRS]
+    values = label_log_probs(random_model, encoded, tokenizer.pad_token_id, batch_size=2)
+    batch = collate(encoded, tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = random_model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    for row, (example, got) in enumerate(zip(encoded, values, strict=True)):
+        assert len(got) == len(example["input_ids"])
+        for t, label in enumerate(example["labels"]):
+            expected = full[row, t - 1, label].item() if t > 0 and label != -100 else 0.0
+            assert got[t] == pytest.approx(expected, abs=1e-4)
+
+
+def test_constrained_sft_at_the_reference_has_the_plain_nll_gradient(random_model, tokenizer):
+    """Δ = 0 makes every token weight 2(1 − σ(0)) = 1: the same update as SFT on the first step."""
+
+    encoded = [encode_chat(tokenizer, p, r) for p, r in PAIRS]
+    for example, values in zip(encoded, label_log_probs(random_model, encoded, tokenizer.pad_token_id), strict=True):
+        example["ref_log_probs"] = values
+    batch = collate(encoded, tokenizer.pad_token_id)
+    grads = {}
+    for task_loss in ("nll", "constrained"):
+        random_model.zero_grad()
+        str_loss(random_model, batch, None, None, task_loss=task_loss).loss.backward()
+        grads[task_loss] = random_model.lm_head.weight.grad.clone()
+    assert grads["nll"].abs().sum() > 0
+    assert torch.allclose(grads["nll"], grads["constrained"], atol=1e-6)
+
+
+def test_training_with_constrained_sft_runs_and_learns(random_model, tokenizer):
+
+    history = train(
+        random_model, tokenizer, PAIRS, TrainConfig(steps=6, batch_size=3, lr=1e-2, task_loss="constrained")
+    )
+    assert history[-1]["task_loss"] < history[0]["task_loss"]
+    with pytest.raises(ValueError, match="task_loss"):
+        TrainConfig(task_loss="dpo")

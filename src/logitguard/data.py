@@ -65,19 +65,26 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
         )
 
 
-def collate(features: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of encoded examples into ``input_ids``/``attention_mask``/``labels`` tensors (B, L)."""
+def collate(features: Sequence[dict[str, list]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad encoded examples into ``input_ids``/``attention_mask``/``labels`` tensors (B, L).
+
+    Any other per-token field (e.g. ``ref_log_probs``) is padded with 0.0 into a float tensor (B, L).
+    """
     length = max(len(f["input_ids"]) for f in features)
     batch = {
         "input_ids": torch.full((len(features), length), pad_id, dtype=torch.long),
         "attention_mask": torch.zeros((len(features), length), dtype=torch.long),
         "labels": torch.full((len(features), length), IGNORE_INDEX, dtype=torch.long),
     }
+    extra = [key for key in features[0] if key not in batch]
+    batch |= {key: torch.zeros((len(features), length)) for key in extra}
     for row, f in enumerate(features):
         n = len(f["input_ids"])
         batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
         batch["attention_mask"][row, :n] = 1
         batch["labels"][row, :n] = torch.tensor(f["labels"])
+        for key in extra:
+            batch[key][row, :n] = torch.tensor(f[key], dtype=torch.float32)
     return batch
 
 

@@ -26,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from logitguard.baselines import constrained_nll, response_betas
 from logitguard.data import IGNORE_INDEX
 from logitguard.model_parts import final_hidden_states, output_rows, reference_mode
 from logitguard.penalties import Penalty, Reduction, get_penalty, salient_kl, salient_log_probs, salient_logits
 
 Reference = Literal["anchors", "task", "both"]
+TaskLoss = Literal["nll", "constrained"]
 
 
 @dataclass
@@ -251,6 +253,7 @@ def str_loss(
     config: STRConfig | None,
     anchors: dict[str, Tensor] | None = None,
     num_items_in_batch: int | Tensor | None = None,
+    task_loss: TaskLoss = "nll",
 ) -> LossTerms:
     """Task cross-entropy plus λ·STR for one batch, in one decoder pass (plain SFT when ``config`` is None).
 
@@ -267,6 +270,9 @@ def str_loss(
         anchors: anchor rows (``AnchorCache.rows``); required when ``config.uses_anchors``.
         num_items_in_batch: label tokens across the whole accumulated batch; the task loss is its
             sum divided by this (exact gradient accumulation). Defaults to this batch's label count.
+        task_loss: ``"nll"``, or ``"constrained"``: Qi et al.'s token-wise constrained SFT
+            (:func:`~logitguard.baselines.constrained_nll`), which needs ``batch["ref_log_probs"]`` ``(B, L)``,
+            the aligned model's log-probability of each label token at that token's position.
     """
     use_anchors = config is not None and config.uses_anchors and anchors is not None
     use_task = config is not None and config.uses_task
@@ -290,7 +296,16 @@ def str_loss(
     logits = F.linear(h_sel, weight, bias).float()
     denominator = positions.sum() if num_items_in_batch is None else num_items_in_batch
     denominator = torch.as_tensor(denominator, device=device).clamp(min=1)
-    task = F.cross_entropy(logits, y_sel, reduction="sum") / denominator
+    if task_loss == "constrained":
+        log_probs = logits.log_softmax(-1).gather(-1, y_sel.unsqueeze(-1)).squeeze(-1)
+        offsets = (positions.cumsum(1) - 1)[positions]  # position of each label token within its row's response
+        ref = batch["ref_log_probs"][:, 1:][positions]
+        task = constrained_nll(log_probs, ref, response_betas(offsets), torch.ones_like(y_sel, dtype=torch.bool), "sum")
+        task = task / denominator
+    elif task_loss == "nll":
+        task = F.cross_entropy(logits, y_sel, reduction="sum") / denominator
+    else:
+        raise ValueError(f"task_loss must be 'nll' or 'constrained', got {task_loss!r}")
 
     str_anchor = str_task = conflict_fraction = zero
     if use_anchors:
