@@ -47,6 +47,7 @@ def test_safety_mixing_adds_the_fraction_and_checks_it():
     mixed = mix_safety_examples(list(range(100)), [f"s{i}" for i in range(10)], 0.03, seed=1)
     assert len(mixed) == 103 and sum(isinstance(x, str) for x in mixed) == 3
     assert mixed == mix_safety_examples(list(range(100)), [f"s{i}" for i in range(10)], 0.03, seed=1)
+    assert mix_safety_examples([3, 1, 2], ["s"], 0.0) == [3, 1, 2]
     with pytest.raises(ValueError, match="fraction"):
         mix_safety_examples([1], ["s"], 1.5)
     with pytest.raises(ValueError, match="only 1 given"):

@@ -69,11 +69,16 @@ def constrained_nll(
 
 
 def mix_safety_examples(task: Sequence[T], safety: Sequence[T], fraction: float, seed: int = 0) -> list[T]:
-    """SafeInstr: the task examples plus ``fraction`` of their number drawn from ``safety``, shuffled."""
+    """SafeInstr: the task examples plus ``fraction`` of their number drawn from ``safety``, shuffled.
+
+    A fraction of 0 returns the task examples unchanged (same order).
+    """
     if not 0 <= fraction < 1:
         raise ValueError(f"safety fraction must be in [0, 1), got {fraction}")
     rng = random.Random(seed)
     n = round(fraction * len(task))
+    if n == 0:
+        return list(task)
     if n > len(safety):
         raise ValueError(f"{n} safety examples needed for fraction {fraction}, only {len(safety)} given")
     mixed = list(task) + rng.sample(list(safety), n)

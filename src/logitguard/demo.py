@@ -118,8 +118,20 @@ def prepare_str(model, tokenizer, corpus: ToyCorpus, config: DemoConfig, out: Pa
     return tokens, anchors
 
 
-def finetune(name: str, config: DemoConfig, setup: DemoSetup, out: Path, str_config: STRConfig | None = None) -> dict:
-    """LoRA-fine-tune the aligned model on the benign set (with STR when ``str_config`` is given); evaluate, save."""
+def finetune(
+    name: str,
+    config: DemoConfig,
+    setup: DemoSetup,
+    out: Path,
+    str_config: STRConfig | None = None,
+    examples: list[tuple[str, str]] | None = None,
+    safety_ids: torch.Tensor | None = None,
+) -> dict:
+    """LoRA-fine-tune the aligned model (with STR when ``str_config`` is given); evaluate, save.
+
+    ``examples`` replaces the benign fine-tuning set and ``safety_ids`` the discovered tokens (the
+    benchmarks use them for mixed-in data and for a full-vocabulary KL baseline).
+    """
     tokenizer, corpus = setup.tokenizer, setup.corpus
     model = lora_model(setup.aligned_path, config)
     monitor_prompts = [e.prompt for e in corpus.heldout_harmful[: config.n_monitor_prompts]]
@@ -132,10 +144,10 @@ def finetune(name: str, config: DemoConfig, setup: DemoSetup, out: Path, str_con
     history = train(
         model,
         tokenizer,
-        [(e.prompt, e.response) for e in corpus.instruct],
+        examples if examples is not None else [(e.prompt, e.response) for e in corpus.instruct],
         config.train,
         str_config=str_config,
-        safety_ids=setup.tokens.id_tensor(),
+        safety_ids=safety_ids if safety_ids is not None else setup.tokens.id_tensor(),
         anchors=setup.anchors,
         on_step=on_step,
         desc=f"LoRA {name}",
