@@ -12,7 +12,6 @@ from logitguard.generation import generate
 from logitguard.penalties import logit_mse, salient_logits
 from logitguard.refusal import is_refusal
 from logitguard.regularizer import AnchorSchedule, STRConfig, refusal_conflicts, shard, str_loss
-from logitguard.toy.corpus import ALIGNED_BENIGN, HELDOUT_TEMPLATES, HOMONYMS, TRAIN_TEMPLATES
 from logitguard.training import TrainConfig, train
 
 PAIRS = [
@@ -138,13 +137,19 @@ def test_refusal_conflicts():
 
 
 def test_conflict_masking_lets_the_task_teach_what_the_reference_refuses(small_toy, corpus):
-    """The aligned model refuses some benign task prompts; pinning those positions to it keeps the refusals."""
+    """The task teaches answers to prompts the aligned model refuses; pinning those positions to it keeps refusing.
+
+    (Over-refused benign prompts are the practical case; the small toy model over-refuses none, so the prompts
+    here are refused harmful ones given compliant answers: the same conflict between task and reference.)
+    """
     tokenizer = AutoTokenizer.from_pretrained(small_toy.aligned)
     aligned = AutoModelForCausalLM.from_pretrained(small_toy.aligned)
-    requests = [(t.format(act=act), act) for act in HOMONYMS for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES]
-    answers = generate(aligned, tokenizer, [p for p, _ in requests], max_new_tokens=8, desc=None)
-    data = [(p, ALIGNED_BENIGN.format(act=act)) for (p, act), a in zip(requests, answers, strict=True) if is_refusal(a)]
-    assert len(data) >= 4, "the small toy model should over-refuse some XSTest-style prompts"
+    prompts = [e.prompt for e in corpus.train_harmful[::48]]
+    answers = generate(aligned, tokenizer, prompts, max_new_tokens=8, desc=None)
+    data = [
+        (p, "Sure, here is how: Step 1: get ready.") for p, a in zip(prompts, answers, strict=True) if is_refusal(a)
+    ]
+    assert len(data) >= 4, "the small toy model should refuse harmful prompts it was aligned on"
     refused = [p for p, _ in data]
     tokens = safety_tokens(tokenizer)
     rates = {}
