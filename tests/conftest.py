@@ -24,19 +24,24 @@ def tokenizer(corpus):
 @pytest.fixture
 def random_model(tokenizer):
     """A random-weight tiny Llama on the toy tokenizer."""
+    return tiny_llama(tokenizer).eval()
+
+
+def tiny_llama(tokenizer, layers: int = 2, max_positions: int = 128) -> LlamaForCausalLM:
+    """A random-weight Llama with hidden size 32 on ``tokenizer``, initialised under seed 0."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config)
 
 
 @pytest.fixture(scope="session")

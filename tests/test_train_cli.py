@@ -15,11 +15,11 @@ import torch
 import yaml
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from logitguard.cli import main
 from logitguard.discovery import SafetyTokens
 from logitguard.run_config import load_run_config
+from tests.conftest import tiny_llama
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -28,19 +28,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 def workspace(tmp_path_factory, tokenizer):
     """A tiny random Llama saved with save_pretrained, a JSONL training set and a run config using them."""
     root = tmp_path_factory.mktemp("train-cli")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tiny_llama(tokenizer, max_positions=256).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     with (root / "train.jsonl").open("w") as f:
         for i in range(48):
