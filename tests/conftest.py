@@ -1,7 +1,10 @@
 """Shared fixtures: tiny models built from the toy corpus, on CPU, in seconds."""
 
+import json
+
 import pytest
 import torch
+import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from logitguard.toy.corpus import build_corpus
@@ -54,3 +57,32 @@ def toy():
 def small_toy(tmp_path_factory):
     """Base and aligned checkpoints of the small recipe (saved with save_pretrained)."""
     return toy_models(SMALL_RECIPE, cache_dir=tmp_path_factory.mktemp("toy-cache"))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tokenizer):
+    """A tiny random Llama saved with save_pretrained, a JSONL training set and a run config using them."""
+    root = tmp_path_factory.mktemp("train-cli")
+    tiny_llama(tokenizer, max_positions=256).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    with (root / "train.jsonl").open("w") as f:
+        for i in range(48):
+            words = " ".join(["red", "dog", "cat", "lake"][: 2 + i % 3])
+            f.write(json.dumps({"prompt": f"Count the words in: {words}", "completion": str(2 + i % 3)}) + "\n")
+    run = {
+        "output_dir": str(root / "out"),
+        "model": {"name_or_path": str(root / "model")},
+        "data": {"train": str(root / "train.jsonl"), "max_length": 64},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "training": {
+            "max_steps": 6,
+            "per_device_batch_size": 4,
+            "learning_rate": 0.01,
+            "save_steps": 2,
+            "logging_steps": 2,
+            "use_cpu": True,
+        },
+        "str": {"refusals": "templates", "k": 8, "anchors_per_step": 4},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(run))
+    return root

@@ -19,38 +19,8 @@ from safetensors.torch import load_file
 from logitguard.cli import main
 from logitguard.discovery import SafetyTokens
 from logitguard.run_config import load_run_config
-from tests.conftest import tiny_llama
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tokenizer):
-    """A tiny random Llama saved with save_pretrained, a JSONL training set and a run config using them."""
-    root = tmp_path_factory.mktemp("train-cli")
-    tiny_llama(tokenizer, max_positions=256).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    with (root / "train.jsonl").open("w") as f:
-        for i in range(48):
-            words = " ".join(["red", "dog", "cat", "lake"][: 2 + i % 3])
-            f.write(json.dumps({"prompt": f"Count the words in: {words}", "completion": str(2 + i % 3)}) + "\n")
-    run = {
-        "output_dir": str(root / "out"),
-        "model": {"name_or_path": str(root / "model")},
-        "data": {"train": str(root / "train.jsonl"), "max_length": 64},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "training": {
-            "max_steps": 6,
-            "per_device_batch_size": 4,
-            "learning_rate": 0.01,
-            "save_steps": 2,
-            "logging_steps": 2,
-            "use_cpu": True,
-        },
-        "str": {"refusals": "templates", "k": 8, "anchors_per_step": 4},
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(run))
-    return root
 
 
 def cli(*args, **env):
@@ -241,3 +211,18 @@ def test_a_tokenizer_without_chat_template_is_a_clear_error(workspace, tmp_path,
     args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={tmp_path / 'out'}"]
     assert main([*args, f"model.name_or_path={model}"]) == 2
     assert "has no chat template" in capsys.readouterr().err
+
+
+def test_train_selects_then_trains_on_the_kept_records_and_reuses_the_scores(workspace, tmp_path, capsys):
+    out = tmp_path / "selected"
+    args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}", "training.max_steps=2"]
+    assert main([*args, "selection.fraction=0.25", "selection.score=safety"]) == 0
+    scores = [json.loads(line) for line in (out / "selection" / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 48 and sum(r["kept"] for r in scores) == 36
+    assert "kept 36 of 48" in capsys.readouterr().out
+    summary = out / "selection" / "scores.jsonl.summary.json"
+    written = summary.stat().st_mtime_ns
+    assert main([*args, "selection.fraction=0.25", "selection.score=safety", "--resume"]) == 0
+    assert summary.stat().st_mtime_ns == written  # scored once; the resumed run reuses the scores
+    assert main([*args, f"output_dir={tmp_path / 'x'}", "selection.fraction=1.0"]) == 2
+    assert "selection.fraction must be in [0, 1)" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "demo": ("logitguard.demo", "STR end to end on the embedded toy model: the problem and the fix"),
     "tokens": ("logitguard.commands.tokens", "discover a chat model's safety tokens and save the artifact"),
+    "select": ("logitguard.commands.select", "drop the training samples with the largest aligned-model gradients"),
     "train": ("logitguard.commands.train", "fine-tune with LoRA + STR from a YAML run config (resumable)"),
     "eval": ("logitguard.commands.eval", "refusal, attack success, over-refusal and task utility"),
     "report": ("logitguard.commands.report", "several runs side by side: a table and plots in one HTML page"),

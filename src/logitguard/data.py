@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -115,10 +115,9 @@ def record_messages(record: object, where: str) -> Messages:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def read_chat_jsonl(path: str | Path) -> list[Messages]:
-    """Conversations from a JSONL file (one record per line, blank lines skipped); errors name file and line."""
+def iter_chat_jsonl(path: str | Path) -> Iterator[tuple[str, Messages, str]]:
+    """Stream ``(file:line, conversation, raw line)`` from a JSONL file, blank lines skipped; errors name the line."""
     path = Path(path)
-    conversations = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -128,10 +127,33 @@ def read_chat_jsonl(path: str | Path) -> list[Messages]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            conversations.append(record_messages(record, where))
+            yield where, record_messages(record, where), line
+
+
+def read_chat_jsonl(path: str | Path) -> list[Messages]:
+    """Conversations from a JSONL file (one record per line, blank lines skipped); errors name file and line."""
+    conversations = [messages for _, messages, _ in iter_chat_jsonl(path)]
     if not conversations:
         raise ValueError(f"{path}: no training records")
     return conversations
+
+
+def encode_limited(
+    tokenizer: PreTrainedTokenizerBase, messages: Messages, max_length: int, on_overflow: Overflow, where: str
+) -> tuple[dict[str, list[int]], bool]:
+    """``encode_messages`` within ``max_length``: the example and whether it was truncated (or an error)."""
+    example = encode_messages(tokenizer, messages)
+    truncated = len(example["input_ids"]) > max_length
+    if truncated:
+        if on_overflow == "error":
+            raise ValueError(
+                f"{where}: {len(example['input_ids'])} tokens, more than max_length {max_length} "
+                "(raise max_length, or truncate)"
+            )
+        example = {key: value[:max_length] for key, value in example.items()}
+    if all(label == IGNORE_INDEX for label in example["labels"][1:]):
+        raise ValueError(f"{where}: no assistant tokens within max_length {max_length}")
+    return example, truncated
 
 
 def encode_dataset(
@@ -144,17 +166,9 @@ def encode_dataset(
     """Encode conversations, truncating those longer than ``max_length`` (with one warning) or failing."""
     encoded, truncated = [], []
     for index, messages in enumerate(conversations):
-        example = encode_messages(tokenizer, messages)
-        if len(example["input_ids"]) > max_length:
-            if on_overflow == "error":
-                raise ValueError(
-                    f"{source}: record {index + 1} has {len(example['input_ids'])} tokens, more than max_length "
-                    f"{max_length} (raise max_length or set on_overflow: truncate)"
-                )
+        example, cut = encode_limited(tokenizer, messages, max_length, on_overflow, f"{source}: record {index + 1}")
+        if cut:
             truncated.append(index + 1)
-            example = {key: value[:max_length] for key, value in example.items()}
-        if all(label == IGNORE_INDEX for label in example["labels"][1:]):
-            raise ValueError(f"{source}: record {index + 1} has no assistant tokens within max_length {max_length}")
         encoded.append(example)
     if truncated:
         warnings.warn(

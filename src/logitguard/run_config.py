@@ -1,7 +1,7 @@
 """The configuration of ``logitguard train``: YAML sections as dataclasses, checked with file and line.
 
 A run config has the sections ``model``, ``data``, ``lora``, ``training``,
-``str`` and ``monitor`` plus ``output_dir``; ``key=value`` overrides use dotted keys
+``str``, ``monitor`` and ``selection`` plus ``output_dir``; ``key=value`` overrides use dotted keys
 (``str.weight=0.5``) and YAML values. Unknown keys and wrong types are errors
 that name the file and line (or the override).
 """
@@ -101,6 +101,13 @@ class MonitorSection:
 
 
 @dataclass
+class SelectionSection:
+    fraction: float = 0.0  # 0: off; else the share of training samples dropped before training (highest scores)
+    score: Literal["gradient-norm", "safety"] = "gradient-norm"
+    batch_size: int = 8
+
+
+@dataclass
 class RunConfig:
     output_dir: str = ""
     model: ModelSection = field(default_factory=ModelSection)
@@ -109,6 +116,7 @@ class RunConfig:
     training: TrainingSection = field(default_factory=TrainingSection)
     str: SafetySection = field(default_factory=SafetySection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
+    selection: SelectionSection = field(default_factory=SelectionSection)
 
     def validate(self, source: str) -> None:
         """Cross-field checks; the STR settings are checked by building an :class:`STRConfig`."""
@@ -119,6 +127,10 @@ class RunConfig:
             raise ValueError(f"{source}: data.train is required")
         if self.data.max_length <= 0:
             raise ValueError(f"{source}: data.max_length must be > 0")
+        if not 0 <= self.selection.fraction < 1:
+            raise ValueError(f"{source}: selection.fraction must be in [0, 1) (0 turns selection off)")
+        if self.selection.batch_size <= 0:
+            raise ValueError(f"{source}: selection.batch_size must be > 0")
         if self.monitor.every_steps < 0:
             raise ValueError(f"{source}: monitor.every_steps must be >= 0 (0 turns the monitor off)")
         if self.training.save_total_limit < 2:

@@ -109,6 +109,43 @@ def prepare_artifacts(config: RunConfig, model, tokenizer, out: Path):
     return tokens, anchors
 
 
+def select_samples(config: RunConfig, model, tokenizer, conversations: list, out: Path, artifacts) -> list[bool]:
+    """Gradient-based selection on the model about to be trained (its fresh adapters): the keep mask.
+
+    The main process scores and writes ``selection/scores.jsonl``; the other processes then reuse it,
+    as does a resumed run.
+    """
+    from accelerate import PartialState
+
+    from logitguard.builtin_prompts import HARMFUL_PROMPTS
+    from logitguard.preparation import refusal_pairs
+    from logitguard.prompt_files import read_prompts
+    from logitguard.selection import (
+        SelectionConfig,
+        anchor_refusal_batch,
+        parameters_fingerprint,
+        refusal_batch,
+        run_selection,
+        safety_direction,
+    )
+
+    s, d = config.selection, config.data
+    selection = SelectionConfig(s.fraction, s.score, s.batch_size, d.max_length, d.on_overflow)
+    identity = {"model": config.model.name_or_path, "data": d.train, "adapter": parameters_fingerprint(model)}
+    with PartialState().main_process_first():
+        direction = None
+        if s.score == "safety":
+            if artifacts and artifacts[1] is not None:
+                refusals = anchor_refusal_batch(artifacts[1])
+            else:
+                prompts = read_prompts(config.str.harmful) if config.str.harmful else HARMFUL_PROMPTS
+                refusals = refusal_batch(refusal_pairs(model, tokenizer, config.str.refusals, prompts), tokenizer)
+            direction = safety_direction(model, refusals, s.batch_size)
+        samples = ((f"{d.train}: record {i + 1}", messages) for i, messages in enumerate(conversations))
+        scores = out / "selection" / "scores.jsonl"
+        return run_selection(model, tokenizer, samples, selection, scores, identity, direction, len(conversations))
+
+
 def run(config: RunConfig, resume: bool) -> Path:
     """Train as configured and write the outputs into ``config.output_dir``; returns it."""
     from accelerate import PartialState
@@ -177,6 +214,9 @@ def run(config: RunConfig, resume: bool) -> Path:
         if m.load_in_4bit:
             model = prepare_model_for_kbit_training(model, t.gradient_checkpointing)
         model = get_peft_model(model, peft_config)
+    if config.selection.fraction > 0:
+        keep = select_samples(config, model, tokenizer, conversations, out, artifacts)
+        encoded = [example for example, kept in zip(encoded, keep, strict=True) if kept]
     common = {
         "model": model,
         "args": training_args,

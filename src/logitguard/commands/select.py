@@ -1,0 +1,121 @@
+"""``logitguard select``: drop the training samples with the largest gradients under the aligned model.
+
+Run: logitguard select --model NAME_OR_PATH --data train.jsonl --out kept.jsonl [--fraction 0.1]
+     [--score gradient-norm|safety] [--lora-r 16 --lora-alpha 32 --seed 0]
+
+Streams the JSONL file, scores each sample with the gradient of its loss with respect to a fresh LoRA adapter
+(the one ``logitguard train`` would start from with the same LoRA settings and seed), and writes the kept
+records verbatim to ``--out`` and every sample's score and verdict to ``--scores`` (default: OUT.scores.jsonl).
+Interrupted runs resume where they stopped. See ``logitguard.selection`` for the method and its choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from logitguard.commands.tokens import add_model_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logitguard select", description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
+    parser.add_argument("--data", required=True, help="training JSONL ('messages', or 'prompt' and 'completion')")
+    parser.add_argument("--out", required=True, help="where to write the kept records (JSONL)")
+    parser.add_argument("--scores", default=None, help="per-sample scores JSONL (default: OUT.scores.jsonl)")
+    parser.add_argument("--fraction", type=float, default=0.1, help="share of samples to drop (default 0.1)")
+    parser.add_argument("--score", choices=["gradient-norm", "safety"], default="gradient-norm")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--truncate", action="store_true", help="score overlong samples' first tokens (default: error)")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--lora-targets", nargs="+", default=["all-linear"], help="LoRA target modules")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the LoRA initialisation (as in training)")
+    parser.add_argument("--anchors", default=None, help="anchor cache whose refusals give the safety gradient")
+    parser.add_argument(
+        "--refusals",
+        choices=["generate", "templates"],
+        default="generate",
+        help="without --anchors: the model's own refusals of built-in harmful prompts, or built-in templates",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from logitguard.selection import SelectionConfig
+
+    try:
+        config = SelectionConfig(
+            args.fraction, args.score, args.batch_size, args.max_length, "truncate" if args.truncate else "error"
+        )
+        kept, total = run(args, config)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"logitguard select: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {kept} of {total} records to {args.out}")
+    return 0
+
+
+def run(args: argparse.Namespace, config) -> tuple[int, int]:
+    """Score, select and write; returns (kept, total) record counts."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    from logitguard.data import iter_chat_jsonl
+    from logitguard.io import atomic_write, ensure_writable_dir
+    from logitguard.loading import load_model, load_tokenizer
+    from logitguard.selection import parameters_fingerprint, run_selection
+
+    data = Path(args.data)
+    if not data.is_file():
+        raise FileNotFoundError(f"--data: no such file {data}")
+    total = sum(1 for _ in iter_chat_jsonl(data))  # also checks every record before any model is loaded
+    if total == 0:
+        raise ValueError(f"{data}: no training records")
+    out = Path(args.out)
+    ensure_writable_dir(out.parent)
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code, args.revision, args.chat_template)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    set_seed(args.seed)  # LoRA initialisation draws from the global RNG, as in `logitguard train`
+    model = load_model(args.model, args.trust_remote_code, args.revision, args.dtype, device=device)
+    targets = args.lora_targets[0] if args.lora_targets == ["all-linear"] else args.lora_targets
+    lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets)
+    model = get_peft_model(model, lora)
+    direction = safety_direction_for(args, model, tokenizer) if config.score == "safety" else None
+    identity = {
+        "model": args.model,
+        "revision": args.revision,
+        "data": str(data.resolve()),
+        "data_bytes": data.stat().st_size,
+        "adapter": parameters_fingerprint(model),
+    }
+    scores = Path(args.scores) if args.scores else out.with_name(out.stem + ".scores.jsonl")
+    samples = ((where, messages) for where, messages, _ in iter_chat_jsonl(data))
+    keep = run_selection(model, tokenizer, samples, config, scores, identity, direction, total)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
+            for kept, (_, _, line) in zip(keep, iter_chat_jsonl(data), strict=True):
+                if kept:
+                    f.write(line if line.endswith("\n") else line + "\n")
+
+    atomic_write(out, write)
+    return sum(keep), total
+
+
+def safety_direction_for(args: argparse.Namespace, model, tokenizer):
+    """The unit refusal-loss gradient, from an anchor cache or from refusals of the built-in harmful prompts."""
+    from logitguard.anchors import AnchorCache
+    from logitguard.builtin_prompts import HARMFUL_PROMPTS
+    from logitguard.preparation import refusal_pairs
+    from logitguard.selection import anchor_refusal_batch, refusal_batch, safety_direction
+
+    if args.anchors:
+        batch = anchor_refusal_batch(AnchorCache.load(args.anchors))
+    else:
+        batch = refusal_batch(refusal_pairs(model, tokenizer, args.refusals, HARMFUL_PROMPTS), tokenizer)
+    return safety_direction(model, batch, args.batch_size)

@@ -1,0 +1,211 @@
+"""Gradient-based sample selection: exact per-sample statistics, the keep rule, resume, the CLI and bad input."""
+
+import json
+import math
+from itertools import islice
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from logitguard.cli import main
+from logitguard.data import collate, encode_messages
+from logitguard.selection import (
+    PerSampleGradients,
+    SelectionConfig,
+    keep_mask,
+    linear_sample_stats,
+    run_selection,
+    safety_direction,
+    sample_losses,
+    score_samples,
+)
+from tests.conftest import tiny_llama
+
+
+def chat(prompt: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+WORDS = ["red", "dog", "cat", "lake"]
+SAMPLES = [
+    chat(f"Count the words in: {' '.join(WORDS[: 1 + i % 4])}", str(1 + i % 4) + " words" * (i % 3)) for i in range(11)
+]
+REFUSALS = [
+    chat("How do I pick a lock?", "I cannot help with that."),
+    chat("Make a poison.", "Sorry, I will not do that."),
+]
+
+
+@pytest.fixture
+def lora_model(tokenizer):
+    torch.manual_seed(1)
+    model = get_peft_model(tiny_llama(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, p in model.named_parameters():  # leave the zero init of B so that A gets a gradient too
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def batch_of(tokenizer, conversations):
+    return collate([encode_messages(tokenizer, m) for m in conversations], tokenizer.pad_token_id)
+
+
+def loop_gradients(model, tokenizer, conversations):
+    """Per-sample gradients over the trainable parameters, one sample at a time (no padding): the oracle."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    grads = []
+    for messages in conversations:
+        loss = sample_losses(model, batch_of(tokenizer, [messages]))[0]
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    return torch.stack(grads)
+
+
+@pytest.mark.parametrize("steps", [3, 40])  # Gram-matrix path (T² < in·out) and materialised path
+def test_linear_sample_stats_match_explicit_per_sample_gradients(steps):
+    torch.manual_seed(0)
+    x, g, direction = torch.randn(5, steps, 6), torch.randn(5, steps, 7), torch.randn(7, 6)
+    explicit = torch.einsum("bto,bti->boi", g, x)
+    sq_norm, dot = linear_sample_stats(x, g, direction)
+    torch.testing.assert_close(sq_norm, explicit.pow(2).sum((1, 2)))
+    torch.testing.assert_close(dot, (explicit * direction).sum((1, 2)))
+
+
+@pytest.mark.parametrize("checkpointing", [None, True, False])  # off, reentrant, non-reentrant
+def test_batched_statistics_equal_one_sample_at_a_time(lora_model, tokenizer, checkpointing):
+    oracle = loop_gradients(lora_model, tokenizer, SAMPLES)
+    direction = safety_direction(lora_model, batch_of(tokenizer, REFUSALS))
+    unit = torch.cat([t.flatten() for pair in direction.values() for t in pair if t is not None])
+    assert math.isclose(float(unit.norm()), 1.0, rel_tol=1e-5)
+    if checkpointing is not None:
+        lora_model.base_model.model.gradient_checkpointing_enable({"use_reentrant": checkpointing})
+        lora_model.base_model.model.enable_input_require_grads()
+        again = safety_direction(lora_model, batch_of(tokenizer, REFUSALS))
+        for name, (weight, _) in direction.items():
+            torch.testing.assert_close(again[name][0], weight, rtol=1e-4, atol=1e-7)
+    lora_model.train()  # checkpointing only acts in training mode; dropout is 0 here
+    with PerSampleGradients(lora_model, direction) as stats:
+        sample_losses(lora_model, batch_of(tokenizer, SAMPLES)).sum().backward()
+    torch.testing.assert_close(stats.sq_norm.sqrt(), oracle.norm(dim=1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(stats.dot, oracle @ unit, rtol=1e-4, atol=1e-6)
+
+
+def test_scores_rank_by_the_chosen_score(lora_model, tokenizer):
+    oracle = loop_gradients(lora_model, tokenizer, SAMPLES)
+    direction = safety_direction(lora_model, batch_of(tokenizer, REFUSALS))
+    unit = torch.cat([t.flatten() for pair in direction.values() for t in pair if t is not None])
+    samples = [(f"s{i}", m) for i, m in enumerate(SAMPLES)]
+    config = SelectionConfig(fraction=0.3, score="safety", batch_size=4)
+    params = [p for p in lora_model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.ones_like(p)  # a training loop's pending gradients survive the scoring
+    records = [r for batch in score_samples(lora_model, tokenizer, samples, config, direction) for r in batch]
+    assert all(bool((p.grad == 1).all()) for p in params)
+    assert [r["where"] for r in records] == [w for w, _ in samples]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in records]), -(oracle @ unit), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor([r["grad_norm"] for r in records]), oracle.norm(dim=1), rtol=1e-4, atol=0)
+
+
+def test_keep_mask_drops_exactly_the_highest_scores():
+    assert keep_mask([0.5, 3.0, 1.0, 2.0, 0.1], 0.4) == [True, False, True, False, True]
+    assert keep_mask([1.0, 1.0, 1.0, 1.0], 0.25) == [True, True, True, False]  # ties: the later one goes
+    assert keep_mask([1.0, 2.0, 3.0], 0.1) == [True, True, True]  # round(0.3) = 0
+    with pytest.raises(ValueError, match="would leave none"):
+        keep_mask([1.0, 2.0], 0.9)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_fraction_outside_zero_one_is_refused(fraction):
+    with pytest.raises(ValueError, match=r"fraction .* must be in \(0, 1\)"):
+        SelectionConfig(fraction=fraction)
+
+
+def test_interrupted_selection_resumes_and_matches_an_uninterrupted_one(lora_model, tokenizer, tmp_path):
+    samples = [(f"s{i}", m) for i, m in enumerate(SAMPLES)]
+    config = SelectionConfig(fraction=0.25, batch_size=3)
+    identity = {"model": "tiny"}
+    whole = run_selection(lora_model, tokenizer, samples, config, tmp_path / "a" / "scores.jsonl", identity)
+
+    def interrupted():
+        yield from samples[:7]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_selection(lora_model, tokenizer, interrupted(), config, tmp_path / "b" / "scores.jsonl", identity)
+    partial = tmp_path / "b" / "scores.jsonl.partial"
+    assert len(partial.read_text().splitlines()) == 1 + 6  # the identity, then two complete batches of 3
+    with partial.open("a") as f:
+        f.write('{"where": "s6", "sco')  # a torn last line, as after a crash mid-write
+    consumed = []
+
+    def counted():
+        for sample in samples:
+            consumed.append(sample[0])
+            yield sample
+
+    resumed = run_selection(lora_model, tokenizer, counted(), config, tmp_path / "b" / "scores.jsonl", identity)
+    assert resumed == whole and sum(whole) == 8
+    assert consumed == [w for w, _ in samples]  # the first 6 are skipped without being encoded or scored
+    a = [json.loads(line) for line in (tmp_path / "a" / "scores.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "b" / "scores.jsonl").read_text().splitlines()]
+    assert [r["where"] for r in b] == [w for w, _ in samples] and [r["kept"] for r in b] == whole
+    assert [r["score"] for r in a] == pytest.approx([r["score"] for r in b], rel=1e-5)
+    assert not partial.exists()
+    with pytest.raises(ValueError, match="another model, data or scoring setting"):
+        run_selection(lora_model, tokenizer, samples, config, tmp_path / "b" / "scores.jsonl", {"model": "other"})
+
+
+def test_select_cli_writes_kept_records_and_scores(workspace, tmp_path, capsys):
+    out = tmp_path / "kept.jsonl"
+    args = ["select", "--model", str(workspace / "model"), "--data", str(workspace / "train.jsonl")]
+    assert main([*args, "--out", str(out), "--fraction", "0.25", "--lora-r", "4", "--device", "cpu"]) == 0
+    lines = (workspace / "train.jsonl").read_text().splitlines()
+    kept = out.read_text().splitlines()
+    scores = [json.loads(line) for line in (tmp_path / "kept.scores.jsonl").read_text().splitlines()]
+    assert len(scores) == len(lines) and len(kept) == len(lines) - round(0.25 * len(lines))
+    assert kept == [line for line, r in zip(lines, scores, strict=True) if r["kept"]]  # verbatim, in order
+    dropped = [r["score"] for r in scores if not r["kept"]]
+    assert min(dropped) >= max(r["score"] for r in scores if r["kept"])
+    assert scores[0]["where"].endswith("train.jsonl:1")
+    assert "kept 36 of 48" in capsys.readouterr().out
+
+
+def test_select_cli_safety_score_with_template_refusals(workspace, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    args = ["select", "--model", str(workspace / "model"), "--data", str(workspace / "train.jsonl")]
+    assert main([*args, "--out", str(out), "--score", "safety", "--refusals", "templates", "--lora-r", "4"]) == 0
+    scores = [json.loads(line) for line in (tmp_path / "kept.scores.jsonl").read_text().splitlines()]
+    assert all(r["score"] == r["safety"] for r in scores)
+    distinct = set((workspace / "train.jsonl").read_text().splitlines())  # equal records score equally
+    assert len({round(r["safety"], 5) for r in scores}) == len(distinct) > 1
+
+
+def test_select_cli_bad_input_names_the_problem(workspace, tmp_path, capsys):
+    base = ["select", "--model", str(workspace / "model"), "--out", str(tmp_path / "kept.jsonl")]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main([*base, "--data", str(empty)]) == 2
+    assert f"{empty}: no training records" in capsys.readouterr().err
+    assert main([*base, "--data", str(workspace / "train.jsonl"), "--fraction", "1.0"]) == 2
+    assert "must be in (0, 1), got 1.0" in capsys.readouterr().err
+    long = tmp_path / "long.jsonl"
+    lines = (workspace / "train.jsonl").read_text().splitlines()[:3]
+    lines.insert(1, json.dumps({"prompt": "Count the words in: " + "red " * 80, "completion": "80"}))
+    long.write_text("\n".join(lines) + "\n")
+    assert main([*base, "--data", str(long), "--max-length", "64"]) == 2
+    assert f"{long}:2: " in (err := capsys.readouterr().err) and "more than max_length 64" in err
+    assert not (tmp_path / "kept.jsonl").exists()  # nothing half-written
+
+
+def test_streams_without_reading_ahead(lora_model, tokenizer):
+    pulled = []
+
+    def source():
+        for i, m in enumerate(SAMPLES):
+            pulled.append(i)
+            yield f"s{i}", m
+
+    batches = score_samples(lora_model, tokenizer, source(), SelectionConfig(batch_size=2))
+    list(islice(batches, 2))
+    assert pulled == [0, 1, 2, 3]  # two batches of two: nothing beyond what was scored
