@@ -69,26 +69,21 @@ class TrainingSection:
 
 
 @dataclass
-class SafetySection:
+class SafetySection(STRConfig):
+    """The ``str`` section: :class:`STRConfig`'s fields (with the defaults README's tables support) plus
+    whether STR is on and where its artifacts come from."""
+
+    penalty: str = "kl"
+    weight: float = 0.3
     enabled: bool = True  # False: plain SFT (the baseline)
     k: int = 32
     tokens: str | None = None  # an existing safety-token artifact; default: discover and save one
     anchors: str | None = None  # an existing anchor cache; default: build and save one
     harmful: str | None = None  # harmful prompts file for discovery and anchors; default: built-in
     refusals: Literal["generate", "templates"] = "generate"
-    penalty: str = "kl"
-    weight: float = 0.3
-    reference: Literal["anchors", "task", "both"] = "anchors"
-    anchors_per_step: int = 8
-    anchor_every: int = 1
-    anchor_pass: Literal["auto", "shared", "separate"] = "auto"
-    temperature: float = 1.0
-    mask_conflicts: bool = True
-    rest_bucket: bool = True
 
     def str_config(self) -> STRConfig:
-        names = {f.name for f in dataclasses.fields(STRConfig)}
-        return STRConfig(**{k: v for k, v in asdict(self).items() if k in names})
+        return STRConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(STRConfig)})
 
 
 @dataclass
@@ -119,7 +114,7 @@ class RunConfig:
     selection: SelectionSection = field(default_factory=SelectionSection)
 
     def validate(self, source: str) -> None:
-        """Cross-field checks; the STR settings are checked by building an :class:`STRConfig`."""
+        """Cross-field checks (each section checks its own fields when built)."""
         for key, value in [("output_dir", self.output_dir), ("model.name_or_path", self.model.name_or_path)]:
             if not value:
                 raise ValueError(f"{source}: {key} is required")
@@ -136,10 +131,7 @@ class RunConfig:
         if self.training.save_total_limit < 2:
             raise ValueError(f"{source}: training.save_total_limit must be >= 2 so a complete checkpoint survives")
         if self.str.enabled:
-            try:
-                config = self.str.str_config()
-            except ValueError as e:
-                raise ValueError(f"{source}: str: {e}") from None
+            config = self.str.str_config()
             if not self.lora.enabled and config.uses_task:
                 raise ValueError(
                     f"{source}: str.reference {config.reference!r} needs LoRA: the task-batch reference is the model "
@@ -215,7 +207,10 @@ def _build(cls: type, data: Any, prefix: str, path: Path, lines: dict[str, str])
             values[key] = _build(hint, value, dotted + ".", path, lines)
         else:
             values[key] = _check_type(value, hint, dotted, at)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:  # a section's own checks (e.g. STRConfig's)
+        raise ValueError(f"{where}: {prefix.rstrip('.') or 'the config'}: {e}") from None
 
 
 def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
