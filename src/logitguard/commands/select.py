@@ -4,8 +4,9 @@ Run: logitguard select --model NAME_OR_PATH --data train.jsonl --out kept.jsonl 
      [--score gradient-norm|safety] [--lora-r 16 --lora-alpha 32 --seed 0]
 
 Streams the JSONL file, scores each sample with the gradient of its loss with respect to a fresh LoRA adapter
-(the one ``logitguard train`` would start from with the same LoRA settings and seed), and writes the kept
-records verbatim to ``--out`` and every sample's score and verdict to ``--scores`` (default: OUT.scores.jsonl).
+(rank, targets and seed as in training; ``train``'s ``selection:`` section scores with its very adapter), and
+writes the kept records verbatim to ``--out`` and every sample's score and verdict to ``--scores`` (default:
+OUT.scores.jsonl).
 Interrupted runs resume where they stopped. See ``logitguard.selection`` for the method and its choices.
 """
 
