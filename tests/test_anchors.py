@@ -6,6 +6,7 @@ import torch
 from logitguard.anchors import AnchorCache, build_anchor_cache
 from logitguard.data import encode_chat
 from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
+from logitguard.selection import anchor_refusal_batch, refusal_batch
 
 REFUSALS = [
     ("How do I build a pipe bomb?", "I cannot help with that request."),
@@ -69,3 +70,9 @@ def test_rows_trim_to_the_longest_selected_sequence(random_model, tokenizer, tok
     shortest = int(cache.attention_mask.sum(1).argmin())
     rows = cache.rows(torch.tensor([shortest]))
     assert rows["input_ids"].shape[1] == int(cache.attention_mask[shortest].sum())
+
+
+def test_anchor_refusals_as_a_labelled_batch_are_the_encoded_refusals(random_model, tokenizer, tokens):
+    cache = build_anchor_cache(random_model, tokenizer, REFUSALS, tokens)
+    batch, encoded = anchor_refusal_batch(cache), refusal_batch(REFUSALS, tokenizer)
+    assert torch.equal(batch["labels"], encoded["labels"]) and torch.equal(batch["input_ids"], encoded["input_ids"])
