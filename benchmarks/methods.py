@@ -1,29 +1,40 @@
-"""STR against the peer methods in the same training path, on the demo's toy model, over several seeds.
+"""STR against the peer methods and gradient-based sample selection, in the same training path, over several seeds.
 
-Run: python benchmarks/methods.py [--seeds 0 1 2] [--steps 500] [--out DIR]
-(about 2 minutes per run on 2 CPU cores: 8 methods × 2 scenarios × 3 seeds is about 1.5 hours)
+Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ...] [--jobs 2] [--update FILE] [--out DIR]
+(about 2 minutes per run on 2 CPU cores; every method × 2 scenarios × 3 seeds is about 2.5 hours with --jobs 1)
 
-Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer
-pairs mixed in (harmful fine-tuning, where defences differ most). Each run happens in a fresh process so its
-peak memory (RSS) is its own; time per step is the median over the run. Prints one markdown table per scenario
-(mean ± std over seeds; time and memory relative to plain SFT of the same scenario and seed) and writes every
-row to ``benchmarks/results/methods.json`` (or ``DIR/methods.json``).
+Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs
+mixed in (harmful fine-tuning, where defences differ most). Each run happens in a fresh process so its peak memory
+(RSS) is its own; time per step is the median over the run. ``--jobs N`` runs N at once with ``cpu_count // N``
+threads each (times stay comparable within one invocation, but not with a ``--jobs 1`` run). Selection methods
+score the samples on the very LoRA adapter about to be trained, then train on the kept ones; their cost is given
+relative to one epoch of plain SFT steps. Prints one markdown table per scenario (mean ± std over seeds; time and
+memory relative to plain SFT of the same scenario and seed) and writes every row to
+``benchmarks/results/methods.json`` (or ``DIR/methods.json``; ``--update FILE`` merges into FILE, replacing the
+rows rerun) after each run, so an interrupted benchmark keeps what it finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import tempfile
-from dataclasses import replace
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
 from logitguard.regularizer import STRConfig
+from logitguard.selection import SelectionConfig
 
 DEFAULT_STR = STRConfig(penalty="kl", weight=0.3, anchors_per_step=8)
 KL_BASELINE = STRConfig(penalty="kl", weight=1.0, reference="task", mask_conflicts=False, rest_bucket=False)
+DROP_BY_NORM = SelectionConfig(0.1, "gradient-norm", batch_size=16)
+DROP_BY_SAFETY = SelectionConfig(0.1, "safety", batch_size=16)
 METHODS: dict[str, dict] = {
     "sft": {},
     "str (anchors, default)": {"str": DEFAULT_STR},
@@ -33,13 +44,41 @@ METHODS: dict[str, dict] = {
     "PACT-style restricted KL (λ=1, T=2)": {"str": replace(KL_BASELINE, temperature=2.0)},
     "constrained SFT (Qi et al.)": {"task_loss": "constrained"},
     "SafeInstr (+3% refusals)": {"safety_fraction": 0.03},
+    "selection (drop 10%, gradient norm)": {"selection": DROP_BY_NORM},
+    "selection (drop 10%, safety score)": {"selection": DROP_BY_SAFETY},
+    "selection (gradient norm) + str": {"selection": DROP_BY_NORM, "str": DEFAULT_STR},
+    "selection (safety score) + str": {"selection": DROP_BY_SAFETY, "str": DEFAULT_STR},
 }
 SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
 METRICS = ("harmful_refusal", "benign_over_refusal", "benign_skills", "task_accuracy")
+SELECTION_METRICS = ("selection_vs_epoch", "dropped_harmful")
 
 
-def run_one(method: str, scenario: str, seed: int, steps: int, out: str, queue: mp.Queue) -> None:
-    """One fine-tuning run in this (fresh) process; puts its metrics, step time and peak RSS on ``queue``."""
+def select(examples: list, harmful: list, selection: SelectionConfig, config, setup, run_dir: Path) -> tuple:
+    """Score ``examples`` on the fresh adapter ``finetune`` will train (same seed); the kept ones and the cost."""
+    from logitguard.demo import lora_model
+    from logitguard.selection import anchor_refusal_batch, run_selection, safety_direction
+
+    model = lora_model(setup.aligned_path, config)
+    start = time.perf_counter()
+    direction = None
+    if selection.score == "safety":
+        direction = safety_direction(model, anchor_refusal_batch(setup.anchors), selection.batch_size)
+    samples = (
+        (f"example {i}", [{"role": "user", "content": p}, {"role": "assistant", "content": r}])
+        for i, (p, r) in enumerate(examples)
+    )
+    scores = run_dir / "selection" / "scores.jsonl"
+    keep = run_selection(model, setup.tokenizer, samples, selection, scores, {"seed": config.seed}, direction)
+    seconds = time.perf_counter() - start
+    harmful = set(harmful)
+    mixed_in = [k for e, k in zip(examples, keep, strict=True) if e in harmful]
+    dropped = {"dropped_harmful": sum(not k for k in mixed_in) / len(mixed_in)} if mixed_in else {}
+    return [e for e, k in zip(examples, keep, strict=True) if k], {"selection_s": seconds, **dropped}
+
+
+def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads: int) -> dict:
+    """One fine-tuning run in this (fresh) process: its metrics, step time and peak RSS."""
     import torch
     from transformers import AutoTokenizer
 
@@ -50,6 +89,7 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, queue: 
     from logitguard.toy.corpus import build_corpus
     from logitguard.toy.model import toy_models
 
+    torch.set_num_threads(threads)
     spec = METHODS[method]
     config = DemoConfig().with_seed(seed)
     config = replace(config, train=replace(config.train, steps=steps, task_loss=spec.get("task_loss", "nll")))
@@ -69,25 +109,69 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, queue: 
     examples = mix_safety_examples(examples, harmful, SCENARIOS[scenario], seed)
     refusals = [(e.prompt, e.response) for e in corpus.train_harmful]
     examples = mix_safety_examples(examples, refusals, spec.get("safety_fraction", 0.0), seed)
-    ids = torch.arange(len(tokenizer)) if spec.get("all_tokens") else None
     run_dir = Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(METHODS).index(method)}-seed{seed}"
+    cost = {}
+    if "selection" in spec:
+        epoch_steps = len(examples) / config.train.batch_size
+        examples, cost = select(examples, harmful, spec["selection"], config, setup, run_dir)
+    ids = torch.arange(len(tokenizer)) if spec.get("all_tokens") else None
     result = finetune("run", config, setup, run_dir, spec.get("str"), examples, ids)
-    queue.put({**result["metrics"], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-
-
-def measure(*args) -> dict:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=run_one, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    metrics = result["metrics"]
+    if cost:
+        cost["selection_vs_epoch"] = cost["selection_s"] / (metrics["step_time_ms"] / 1000 * epoch_steps)
+    return {**metrics, **cost, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def cell(values: list[float], percent: bool = True) -> str:
+    if not values:
+        return "—"
     mean, std = statistics.mean(values), statistics.pstdev(values)
     return f"{100 * mean:.1f} ± {100 * std:.1f}%" if percent else f"{mean:.2f} ± {std:.2f}"
+
+
+def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
+    """Per method and scenario: the JSON summary objects and the markdown table lines."""
+    summary, lines = [], []
+    for scenario in SCENARIOS:
+        scenario_rows = [r for r in rows if r["scenario"] == scenario]
+        if not scenario_rows:
+            continue
+        seeds = sorted({r["seed"] for r in scenario_rows})
+        lines += [f"\n{scenario}: seeds {seeds}, {steps} steps, mean ± std\n"]
+        lines += [
+            "| method | harmful refusal | over-refusal | benign skills | task accuracy | × SFT time | × SFT memory |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|"]
+        sft = {r["seed"]: r for r in scenario_rows if r["method"] == "sft"}
+        for method in METHODS:
+            runs = [r for r in scenario_rows if r["method"] == method]
+            if not runs:
+                continue
+            paired = [r for r in runs if r["seed"] in sft]
+            values = {key: [r[key] for r in runs if key in r] for key in (*METRICS, *SELECTION_METRICS)}
+            values["time_vs_sft"] = [r["step_time_ms"] / sft[r["seed"]]["step_time_ms"] for r in paired]
+            values["memory_vs_sft"] = [r["peak_rss_mib"] / sft[r["seed"]]["peak_rss_mib"] for r in paired]
+            cells = [cell(values[key]) for key in METRICS]
+            cells += [cell(values["time_vs_sft"], False), cell(values["memory_vs_sft"], False)]
+            lines += [f"| {method} | " + " | ".join(cells) + " |"]
+            summary.append(
+                {
+                    "method": method,
+                    "settings": {k: asdict(v) if is_dataclass(v) else v for k, v in METHODS[method].items()},
+                    "scenario": scenario,
+                    "seeds": sorted(r["seed"] for r in runs),
+                    "steps": steps,
+                    **{
+                        key: {"mean": statistics.mean(v), "std": statistics.pstdev(v)} for key, v in values.items() if v
+                    },
+                }
+            )
+        costs = [s for s in summary if s["scenario"] == scenario and "selection_vs_epoch" in s]
+        for s in costs:
+            dropped = s.get("dropped_harmful")
+            share = f"; dropped {100 * dropped['mean']:.0f}% of the mixed-in harmful pairs" if dropped else ""
+            lines += [f"{s['method']}: selection took {s['selection_vs_epoch']['mean']:.2f}× one SFT epoch{share}"]
+    return summary, lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,49 +182,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=DemoConfig().train.steps)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
+    parser.add_argument("--update", type=Path, default=None, help="an earlier methods.json to merge into")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    path = args.update or (args.out or Path(__file__).parent / "results") / "methods.json"
     work = Path(tempfile.mkdtemp(prefix="logitguard-methods-"))
     setup = set_up(DemoConfig(), work)  # toy models, aligned metrics, safety tokens and anchors, once
-    rows = []
-    for scenario in SCENARIOS:
-        for seed in args.seeds:
-            for method in args.methods:
-                result = measure(method, scenario, seed, args.steps, str(work))
-                rows.append({"scenario": scenario, "method": method, "seed": seed, **result})
-                print(f"{scenario} | {method} | seed {seed}: {result}", flush=True)
-
-    summary = []
-    for scenario in SCENARIOS:
-        print(f"\n{scenario}: seeds {args.seeds}, {args.steps} steps, mean ± std")
-        print(f"aligned model: {setup.aligned['metrics']}\n")
-        print("| method | harmful refusal | over-refusal | benign skills | task accuracy | × SFT time | × SFT memory |")
-        print("|---|---|---|---|---|---|---|")
-        sft = {r["seed"]: r for r in rows if r["scenario"] == scenario and r["method"] == "sft"}
-        for method in args.methods:
-            runs = [r for r in rows if r["scenario"] == scenario and r["method"] == method]
-            time_ratio = [r["step_time_ms"] / sft[r["seed"]]["step_time_ms"] for r in runs] if sft else []
-            memory_ratio = [r["peak_rss_mib"] / sft[r["seed"]]["peak_rss_mib"] for r in runs] if sft else []
-            metrics = {key: [r[key] for r in runs] for key in METRICS}
-            cells = [cell(metrics[key]) for key in METRICS]
-            cells += [cell(time_ratio, False), cell(memory_ratio, False)] if sft else ["—", "—"]
-            print(f"| {method} | " + " | ".join(cells) + " |")
-            summary.append(
-                {
-                    "method": method,
-                    "settings": {k: (vars(v) if isinstance(v, STRConfig) else v) for k, v in METHODS[method].items()},
-                    "scenario": scenario,
-                    "seeds": args.seeds,
-                    "steps": args.steps,
-                    **{
-                        key: {"mean": statistics.mean(v), "std": statistics.pstdev(v)}
-                        for key, v in [*metrics.items(), ("time_vs_sft", time_ratio), ("memory_vs_sft", memory_ratio)]
-                        if v
-                    },
-                }
-            )
-    out = args.out or Path(__file__).parent / "results"
-    path = write_json(out / "methods.json", {"aligned": setup.aligned["metrics"], "rows": rows, "methods": summary})
+    runs = [(m, s, seed) for s in args.scenarios for seed in args.seeds for m in args.methods]
+    earlier = json.loads(path.read_text())["rows"] if args.update else []
+    rows = [r for r in earlier if (r["method"], r["scenario"], r["seed"]) not in set(runs)]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = {
+            pool.submit(run_one, m, s, seed, args.steps, str(work), threads): (m, s, seed) for m, s, seed in runs
+        }
+        for future in as_completed(futures):
+            method, scenario, seed = futures[future]
+            rows.append({"scenario": scenario, "method": method, "seed": seed, "jobs": args.jobs, **future.result()})
+            print(f"{scenario} | {method} | seed {seed}: {rows[-1]}", flush=True)
+            summary, _ = summarize(rows, args.steps)
+            write_json(path, {"aligned": setup.aligned["metrics"], "rows": rows, "methods": summary})
+    print(f"\naligned model: {setup.aligned['metrics']}")
+    print("\n".join(summarize(rows, args.steps)[1]))
     print(f"\nwrote {path}")
 
 
