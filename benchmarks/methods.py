@@ -8,8 +8,8 @@ mixed in (harmful fine-tuning, where defences differ most). Each run happens in 
 (RSS) is its own; time per step is the median over the run. ``--jobs N`` runs N at once with ``cpu_count // N``
 threads each (times stay comparable within one invocation, but not with a ``--jobs 1`` run). Selection methods
 score the samples on the very LoRA adapter about to be trained, then train on the kept ones; their cost is given
-relative to one epoch of plain SFT steps. Prints one markdown table per scenario (mean ± std over seeds; time and
-memory relative to plain SFT of the same scenario and seed) and writes every row to
+relative to one epoch of plain SFT steps (same scenario and seed). Prints one markdown table per scenario
+(mean ± std over seeds; time and memory relative to plain SFT of the same scenario and seed) and writes every row to
 ``benchmarks/results/methods.json`` (or ``DIR/methods.json``; ``--update FILE`` merges into FILE, replacing the
 rows rerun) after each run, so an interrupted benchmark keeps what it finished.
 """
@@ -51,7 +51,7 @@ METHODS: dict[str, dict] = {
 }
 SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
 METRICS = ("harmful_refusal", "benign_over_refusal", "benign_skills", "task_accuracy")
-SELECTION_METRICS = ("selection_vs_epoch", "dropped_harmful")
+SELECTION_METRICS = ("dropped_harmful",)
 
 
 def select(examples: list, harmful: list, selection: SelectionConfig, config, setup, run_dir: Path) -> tuple:
@@ -69,7 +69,9 @@ def select(examples: list, harmful: list, selection: SelectionConfig, config, se
         for i, (p, r) in enumerate(examples)
     )
     scores = run_dir / "selection" / "scores.jsonl"
-    keep = run_selection(model, setup.tokenizer, samples, selection, scores, {"seed": config.seed}, direction)
+    keep = run_selection(
+        model, setup.tokenizer, samples, selection, scores, {"seed": config.seed}, direction, len(examples)
+    )
     seconds = time.perf_counter() - start
     harmful = set(harmful)
     mixed_in = [k for e, k in zip(examples, keep, strict=True) if e in harmful]
@@ -112,14 +114,12 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads
     run_dir = Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(METHODS).index(method)}-seed{seed}"
     cost = {}
     if "selection" in spec:
-        epoch_steps = len(examples) / config.train.batch_size
-        examples, cost = select(examples, harmful, spec["selection"], config, setup, run_dir)
+        cost["epoch_steps"] = len(examples) / config.train.batch_size
+        examples, selected = select(examples, harmful, spec["selection"], config, setup, run_dir)
+        cost |= selected
     ids = torch.arange(len(tokenizer)) if spec.get("all_tokens") else None
     result = finetune("run", config, setup, run_dir, spec.get("str"), examples, ids)
-    metrics = result["metrics"]
-    if cost:
-        cost["selection_vs_epoch"] = cost["selection_s"] / (metrics["step_time_ms"] / 1000 * epoch_steps)
-    return {**metrics, **cost, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {**result["metrics"], **cost, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def cell(values: list[float], percent: bool = True) -> str:
@@ -151,6 +151,11 @@ def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
             values = {key: [r[key] for r in runs if key in r] for key in (*METRICS, *SELECTION_METRICS)}
             values["time_vs_sft"] = [r["step_time_ms"] / sft[r["seed"]]["step_time_ms"] for r in paired]
             values["memory_vs_sft"] = [r["peak_rss_mib"] / sft[r["seed"]]["peak_rss_mib"] for r in paired]
+            values["selection_vs_epoch"] = [  # scoring time over one epoch of plain SFT steps, same seed
+                r["selection_s"] / (sft[r["seed"]]["step_time_ms"] / 1000 * r["epoch_steps"])
+                for r in paired
+                if "selection_s" in r
+            ]
             cells = [cell(values[key]) for key in METRICS]
             cells += [cell(values["time_vs_sft"], False), cell(values["memory_vs_sft"], False)]
             lines += [f"| {method} | " + " | ".join(cells) + " |"]

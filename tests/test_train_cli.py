@@ -149,7 +149,8 @@ def test_over_long_records_truncate_with_a_warning_or_fail(workspace, tmp_path, 
     path = write(tmp_path / "long.jsonl", json.dumps(long) + "\n")
     base = ["train", "--config", str(workspace / "run.yaml"), f"data.train={path}", "data.max_length=16"]
     assert main([*base, f"output_dir={tmp_path / 'a'}", "data.on_overflow=error"]) == 2
-    assert "record 1 has" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{path}: record 1: " in err and "tokens, more than max_length 16" in err
     # Truncated to 16 tokens the record keeps no assistant token: a clear error, not a silent empty example.
     assert main([*base, f"output_dir={tmp_path / 'b'}"]) == 2
     assert "no assistant tokens within max_length 16" in capsys.readouterr().err
