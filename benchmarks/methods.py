@@ -1,6 +1,7 @@
 """STR against the peer methods and gradient-based sample selection, in the same training path, over several seeds.
 
 Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ...] [--jobs 2] [--update FILE] [--out DIR]
+     python benchmarks/methods.py --table benchmarks/results/methods.json   (the tables of an earlier run)
 (about 2 minutes per run on 2 CPU cores; every method × 2 scenarios × 3 seeds is about 2.5 hours with --jobs 1)
 
 Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs
@@ -94,7 +95,8 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads
     torch.set_num_threads(threads)
     spec = METHODS[method]
     config = DemoConfig().with_seed(seed)
-    config = replace(config, train=replace(config.train, steps=steps, task_loss=spec.get("task_loss", "nll")))
+    train = replace(config.train, steps=steps, task_loss=spec.get("task_loss", "nll"))
+    config = replace(config, train=train, monitor_every=steps)  # no refusal curve: the final metrics only
     corpus = build_corpus(config.recipe.seed)
     aligned = toy_models(config.recipe).aligned
     tokenizer = AutoTokenizer.from_pretrained(aligned)
@@ -138,10 +140,8 @@ def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
             continue
         seeds = sorted({r["seed"] for r in scenario_rows})
         lines += [f"\n{scenario}: seeds {seeds}, {steps} steps, mean ± std\n"]
-        lines += [
-            "| method | harmful refusal | over-refusal | benign skills | task accuracy | × SFT time | × SFT memory |"
-        ]
-        lines += ["|---|---|---|---|---|---|---|"]
+        header = ["method", "seeds", "harmful refusal", "over-refusal", "benign skills", "task accuracy"]
+        lines += ["| " + " | ".join([*header, "× SFT time", "× SFT memory"]) + " |", "|---" * 8 + "|"]
         sft = {r["seed"]: r for r in scenario_rows if r["method"] == "sft"}
         for method in METHODS:
             runs = [r for r in scenario_rows if r["method"] == method]
@@ -158,7 +158,8 @@ def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
             ]
             cells = [cell(values[key]) for key in METRICS]
             cells += [cell(values["time_vs_sft"], False), cell(values["memory_vs_sft"], False)]
-            lines += [f"| {method} | " + " | ".join(cells) + " |"]
+            method_seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+            lines += [f"| {method} | {method_seeds} | " + " | ".join(cells) + " |"]
             summary.append(
                 {
                     "method": method,
@@ -191,11 +192,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
     parser.add_argument("--update", type=Path, default=None, help="an earlier methods.json to merge into")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, default=None, help="only print the tables of an earlier methods.json")
     args = parser.parse_args(argv)
+    if args.table:
+        data = json.loads(args.table.read_text())
+        print(f"aligned model: {data['aligned']}")
+        print("\n".join(summarize(data["rows"], data["methods"][0]["steps"])[1]))
+        return
     path = args.update or (args.out or Path(__file__).parent / "results") / "methods.json"
     work = Path(tempfile.mkdtemp(prefix="logitguard-methods-"))
     setup = set_up(DemoConfig(), work)  # toy models, aligned metrics, safety tokens and anchors, once
-    runs = [(m, s, seed) for s in args.scenarios for seed in args.seeds for m in args.methods]
+    runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in args.methods]  # seed by seed
     earlier = json.loads(path.read_text())["rows"] if args.update else []
     rows = [r for r in earlier if (r["method"], r["scenario"], r["seed"]) not in set(runs)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
