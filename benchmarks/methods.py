@@ -57,22 +57,12 @@ SELECTION_METRICS = ("dropped_harmful",)
 
 def select(examples: list, harmful: list, selection: SelectionConfig, config, setup, run_dir: Path) -> tuple:
     """Score ``examples`` on the fresh adapter ``finetune`` will train (same seed); the kept ones and the cost."""
-    from logitguard.demo import lora_model
-    from logitguard.selection import anchor_refusal_batch, run_selection, safety_direction
+    from logitguard.demo import lora_model, select_examples
 
     model = lora_model(setup.aligned_path, config)
     start = time.perf_counter()
-    direction = None
-    if selection.score == "safety":
-        direction = safety_direction(model, anchor_refusal_batch(setup.anchors), selection.batch_size)
-    samples = (
-        (f"example {i}", [{"role": "user", "content": p}, {"role": "assistant", "content": r}])
-        for i, (p, r) in enumerate(examples)
-    )
     scores = run_dir / "selection" / "scores.jsonl"
-    keep = run_selection(
-        model, setup.tokenizer, samples, selection, scores, {"seed": config.seed}, direction, len(examples)
-    )
+    keep = select_examples(model, setup, examples, selection, scores, {"seed": config.seed})
     seconds = time.perf_counter() - start
     harmful = set(harmful)
     mixed_in = [k for e, k in zip(examples, keep, strict=True) if e in harmful]

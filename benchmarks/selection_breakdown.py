@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from logitguard.baselines import mix_safety_examples
-from logitguard.demo import DemoConfig, lora_model, set_up
-from logitguard.selection import SelectionConfig, anchor_refusal_batch, run_selection, safety_direction
+from logitguard.demo import DemoConfig, lora_model, select_examples, set_up
+from logitguard.selection import SelectionConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,13 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         for score in ("gradient-norm", "safety"):
             model = lora_model(setup.aligned_path, config)
             selection = SelectionConfig(args.fraction, score, batch_size=16)
-            direction = safety_direction(model, anchor_refusal_batch(setup.anchors)) if score == "safety" else None
-            samples = (
-                (f"example {i}", [{"role": "user", "content": p}, {"role": "assistant", "content": r}])
-                for i, (p, r) in enumerate(examples)
-            )
             scores = work / f"{scenario}-{score}.jsonl"
-            run_selection(model, setup.tokenizer, samples, selection, scores, {}, direction, len(examples))
+            select_examples(model, setup, examples, selection, scores, {})
             records = [json.loads(line) for line in scores.read_text().splitlines()]
             for kind in dict.fromkeys(kinds.values()):
                 rows = [r for r in records if kinds[examples[r["index"]]] == kind]

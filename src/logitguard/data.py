@@ -52,9 +52,14 @@ def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> d
     return {"input_ids": full, "labels": labels}
 
 
+def chat_messages(prompt: str, response: str) -> Messages:
+    """A single-turn conversation: one user and one assistant message."""
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
 def encode_chat(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> dict[str, list[int]]:
-    """A single-turn example: ``encode_messages`` of one user and one assistant message."""
-    return encode_messages(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+    """A single-turn example: ``encode_messages`` of ``chat_messages``."""
+    return encode_messages(tokenizer, chat_messages(prompt, response))
 
 
 def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:

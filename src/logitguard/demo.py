@@ -21,11 +21,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from logitguard.anchors import AnchorCache, build_anchor_cache
+from logitguard.data import chat_messages
 from logitguard.discovery import SafetyTokens, discover_safety_tokens
 from logitguard.generation import generate
 from logitguard.io import atomic_directory, ensure_writable_dir, write_json, write_text
 from logitguard.refusal import is_refusal
 from logitguard.regularizer import STRConfig
+from logitguard.selection import SelectionConfig, anchor_refusal_batch, run_selection, safety_direction
 from logitguard.toy.corpus import ToyCorpus, build_corpus
 from logitguard.toy.metrics import monitor_refusal, sample_responses, toy_metrics
 from logitguard.toy.model import ToyRecipe, toy_models
@@ -96,6 +98,23 @@ def lora_model(path: Path, config: DemoConfig) -> torch.nn.Module:
     base = AutoModelForCausalLM.from_pretrained(path)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.05, target_modules="all-linear")
     return get_peft_model(base, lora)
+
+
+def select_examples(
+    model: torch.nn.Module,
+    setup: DemoSetup,
+    examples: list[tuple[str, str]],
+    selection: SelectionConfig,
+    scores_path: Path,
+    identity: dict,
+) -> list[bool]:
+    """Gradient-based selection of ``(prompt, response)`` examples on ``model`` (a fresh ``lora_model``): the keep
+    mask; the safety score takes its direction from the anchors' refusals."""
+    direction = None
+    if selection.score == "safety":
+        direction = safety_direction(model, anchor_refusal_batch(setup.anchors), selection.batch_size)
+    samples = ((f"example {i}", chat_messages(p, r)) for i, (p, r) in enumerate(examples))
+    return run_selection(model, setup.tokenizer, samples, selection, scores_path, identity, direction, len(examples))
 
 
 def aligned_responses(model, tokenizer, prompts: list[str]) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from logitguard.data import chat_messages
 from logitguard.refusal import is_refusal
 
 
@@ -59,7 +60,7 @@ class GuardModelJudge:
         verdicts = []
         device = next(self.model.parameters()).device
         for prompt, response in zip(prompts, responses, strict=True):
-            chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            chat = chat_messages(prompt, response)
             ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
             ids = (ids["input_ids"] if hasattr(ids, "keys") else ids).to(device)
             out = self.model.generate(
