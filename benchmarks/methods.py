@@ -1,18 +1,23 @@
-"""STR against the peer methods and gradient-based sample selection, in the same training path, over several seeds.
+"""STR against the peer methods, STR's own settings, and gradient-based sample selection, in the same training
+path, over several seeds.
 
-Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ...] [--jobs 2] [--update FILE] [--out DIR]
+Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ... | --str-settings] [--scenarios NAME ...]
+                                  [--jobs 2] [--out FILE] [--update]
      python benchmarks/methods.py --table benchmarks/results/methods.json   (the tables of an earlier run)
-(about 2 minutes per run on 2 CPU cores; every method × 2 scenarios × 3 seeds is about 2.5 hours with --jobs 1)
+(about 2 minutes per run on 2 CPU cores; the peers × 2 scenarios × 3 seeds are about 2.5 hours with --jobs 1).
+``--str-settings`` runs plain SFT, STR's default and each STR setting that changes one default (README's settings
+table: ``--str-settings --scenarios benign --jobs 2 --out benchmarks/results/str_settings.json``).
 
 Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs
 mixed in (harmful fine-tuning, where defences differ most). Each run happens in a fresh process so its peak memory
 (RSS) is its own; time per step is the median over the run. ``--jobs N`` runs N at once with ``cpu_count // N``
 threads each (times stay comparable within one invocation, but not with a ``--jobs 1`` run). Selection methods
 score the samples on the very LoRA adapter about to be trained, then train on the kept ones; their cost is given
-relative to one epoch of plain SFT steps (same scenario and seed). Prints one markdown table per scenario
-(mean ± std over seeds; time and memory relative to plain SFT of the same scenario and seed) and writes every row to
-``benchmarks/results/methods.json`` (or ``DIR/methods.json``; ``--update FILE`` merges into FILE, replacing the
-rows rerun) after each run, so an interrupted benchmark keeps what it finished.
+relative to one epoch of plain SFT steps (same scenario and seed). Settings with another k discover their own k
+safety tokens and cache their own anchors. Prints one markdown table per scenario (mean ± std over seeds; time and
+memory relative to plain SFT of the same scenario and seed) and writes every row to FILE (default
+``benchmarks/results/methods.json``; ``--update`` merges into it, replacing the rows rerun) after each run, so an
+interrupted benchmark keeps what it finished.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 from logitguard.regularizer import STRConfig
 from logitguard.selection import SelectionConfig
 
-DEFAULT_STR = STRConfig(penalty="kl", weight=0.3, anchors_per_step=8)
+DEFAULT_STR = STRConfig()
 KL_BASELINE = STRConfig(penalty="kl", weight=1.0, reference="task", mask_conflicts=False, rest_bucket=False)
 DROP_BY_NORM = SelectionConfig(0.1, "gradient-norm", batch_size=16)
 DROP_BY_SAFETY = SelectionConfig(0.1, "safety", batch_size=16)
@@ -50,6 +55,19 @@ METHODS: dict[str, dict] = {
     "selection (gradient norm) + str": {"selection": DROP_BY_NORM, "str": DEFAULT_STR},
     "selection (safety score) + str": {"selection": DROP_BY_SAFETY, "str": DEFAULT_STR},
 }
+STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str (anchors, default)"
+    "str, λ=0.1": {"str": replace(DEFAULT_STR, weight=0.1)},
+    "str, λ=1": {"str": replace(DEFAULT_STR, weight=1.0)},
+    "str, λ=3": {"str": replace(DEFAULT_STR, weight=3.0)},
+    "str, λ=10": {"str": replace(DEFAULT_STR, weight=10.0)},
+    "str, no rest bucket": {"str": replace(DEFAULT_STR, rest_bucket=False)},
+    "str, mse penalty, λ=1": {"str": replace(DEFAULT_STR, penalty="mse", weight=1.0)},
+    "str, k=8": {"str": DEFAULT_STR, "k": 8},
+    "str, k=64": {"str": DEFAULT_STR, "k": 64},
+    "str, 2 anchors a step": {"str": replace(DEFAULT_STR, anchors_per_step=2)},
+    "str, 8 anchors every 4th step": {"str": replace(DEFAULT_STR, anchor_every=4)},
+}
+ROWS = METHODS | STR_SETTINGS  # every row the benchmark can run
 SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
 METRICS = ("harmful_refusal", "benign_over_refusal", "benign_skills", "task_accuracy")
 SELECTION_METRICS = ("dropped_harmful",)
@@ -83,8 +101,9 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads
     from logitguard.toy.model import toy_models
 
     torch.set_num_threads(threads)
-    spec = METHODS[method]
+    spec = ROWS[method]
     config = DemoConfig().with_seed(seed)
+    artifacts = Path(out) / f"k{spec.get('k', config.k)}"
     train = replace(config.train, steps=steps, task_loss=spec.get("task_loss", "nll"))
     config = replace(config, train=train, monitor_every=steps)  # no refusal curve: the final metrics only
     corpus = build_corpus(config.recipe.seed)
@@ -95,15 +114,15 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads
         tokenizer,
         corpus,
         {},
-        SafetyTokens.load(Path(out) / "safety_tokens.json"),
-        AnchorCache.load(Path(out) / "anchors.safetensors"),
+        SafetyTokens.load(artifacts / "safety_tokens.json"),
+        AnchorCache.load(artifacts / "anchors.safetensors"),
     )
     examples = [(e.prompt, e.response) for e in corpus.instruct]
     harmful = [(e.prompt, e.response) for e in corpus.base if e.kind == "harmful"]
     examples = mix_safety_examples(examples, harmful, SCENARIOS[scenario], seed)
     refusals = [(e.prompt, e.response) for e in corpus.train_harmful]
     examples = mix_safety_examples(examples, refusals, spec.get("safety_fraction", 0.0), seed)
-    run_dir = Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(METHODS).index(method)}-seed{seed}"
+    run_dir = Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(ROWS).index(method)}-seed{seed}"
     cost = {}
     if "selection" in spec:
         cost["epoch_steps"] = len(examples) / config.train.batch_size
@@ -133,7 +152,7 @@ def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
         header = ["method", "seeds", "harmful refusal", "over-refusal", "benign skills", "task accuracy"]
         lines += ["| " + " | ".join([*header, "× SFT time", "× SFT memory"]) + " |", "|---" * 8 + "|"]
         sft = {r["seed"]: r for r in scenario_rows if r["method"] == "sft"}
-        for method in METHODS:
+        for method in ROWS:
             runs = [r for r in scenario_rows if r["method"] == method]
             if not runs:
                 continue
@@ -153,7 +172,7 @@ def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
             summary.append(
                 {
                     "method": method,
-                    "settings": {k: asdict(v) if is_dataclass(v) else v for k, v in METHODS[method].items()},
+                    "settings": {k: asdict(v) if is_dataclass(v) else v for k, v in ROWS[method].items()},
                     "scenario": scenario,
                     "seeds": sorted(r["seed"] for r in runs),
                     "steps": steps,
@@ -171,17 +190,21 @@ def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from logitguard.demo import DemoConfig, set_up
+    from transformers import AutoModelForCausalLM
+
+    from logitguard.demo import DemoConfig, prepare_str, set_up
     from logitguard.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=DemoConfig().train.steps)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    rows_to_run = parser.add_mutually_exclusive_group()
+    rows_to_run.add_argument("--methods", nargs="+", choices=list(ROWS), help="default: the peers and selection")
+    rows_to_run.add_argument("--str-settings", action="store_true", help="SFT, STR's default and each STR setting")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
-    parser.add_argument("--update", type=Path, default=None, help="an earlier methods.json to merge into")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "methods.json")
+    parser.add_argument("--update", action="store_true", help="merge into the rows already in --out")
     parser.add_argument("--table", type=Path, default=None, help="only print the tables of an earlier methods.json")
     args = parser.parse_args(argv)
     if args.table:
@@ -189,10 +212,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"aligned model: {data['aligned']}")
         print("\n".join(summarize(data["rows"], data["methods"][0]["steps"])[1]))
         return
-    path = args.update or (args.out or Path(__file__).parent / "results") / "methods.json"
+    methods = args.methods or (["sft", "str (anchors, default)", *STR_SETTINGS] if args.str_settings else [*METHODS])
+    path, config = args.out, DemoConfig()
     work = Path(tempfile.mkdtemp(prefix="logitguard-methods-"))
-    setup = set_up(DemoConfig(), work)  # toy models, aligned metrics, safety tokens and anchors, once
-    runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in args.methods]  # seed by seed
+    setup = set_up(config, work / f"k{config.k}")  # toy models, aligned metrics, safety tokens and anchors, once
+    for k in {ROWS[m].get("k", config.k) for m in methods} - {config.k}:  # settings with their own k
+        aligned = AutoModelForCausalLM.from_pretrained(setup.aligned_path)
+        prepare_str(aligned, setup.tokenizer, setup.corpus, replace(config, k=k), work / f"k{k}")
+    runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in methods]  # seed by seed
     earlier = json.loads(path.read_text())["rows"] if args.update else []
     rows = [r for r in earlier if (r["method"], r["scenario"], r["seed"]) not in set(runs)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -208,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             write_json(path, {"aligned": setup.aligned["metrics"], "rows": rows, "methods": summary})
     print(f"\naligned model: {setup.aligned['metrics']}")
     print("\n".join(summarize(rows, args.steps)[1]))
-    print(f"\nwrote {path}")
+    print(f"\nwrote {path}; per-run artifacts (adapters) in {work}")
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def test_conflict_masking_lets_the_task_teach_what_the_reference_refuses(small_t
     rates = {}
     for mask_conflicts in (True, False):
         model = lora(AutoModelForCausalLM.from_pretrained(small_toy.aligned))
-        config = STRConfig(reference="task", weight=10.0, mask_conflicts=mask_conflicts)
+        config = STRConfig(penalty="mse", weight=10.0, reference="task", mask_conflicts=mask_conflicts)
         history = train(
             model, tokenizer, data, TrainConfig(steps=40, batch_size=4, lr=3e-3), config, tokens.id_tensor()
         )

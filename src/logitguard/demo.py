@@ -47,7 +47,7 @@ class DemoConfig:
 
     seed: int = 0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=500, batch_size=16, lr=3e-3, warmup_steps=10))
-    str_config: STRConfig = field(default_factory=lambda: STRConfig(penalty="kl", weight=0.3, anchors_per_step=8))
+    str_config: STRConfig = field(default_factory=STRConfig)
     k: int = 24
     lora_r: int = 16
     lora_alpha: int = 32

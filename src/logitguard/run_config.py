@@ -70,11 +70,8 @@ class TrainingSection:
 
 @dataclass
 class SafetySection(STRConfig):
-    """The ``str`` section: :class:`STRConfig`'s fields (with the defaults README's tables support) plus
-    whether STR is on and where its artifacts come from."""
+    """The ``str`` section: :class:`STRConfig`'s fields plus whether STR is on and where its artifacts come from."""
 
-    penalty: str = "kl"
-    weight: float = 0.3
     enabled: bool = True  # False: plain SFT (the baseline)
     k: int = 32
     tokens: str | None = None  # an existing safety-token artifact; default: discover and save one

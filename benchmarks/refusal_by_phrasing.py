@@ -1,0 +1,77 @@
+"""Where fine-tuned models of a methods.py run still refuse: by the phrasing and topic of the harmful request.
+
+Run: python benchmarks/refusal_by_phrasing.py WORK_DIR [--methods NAME ...] [--scenario NAME] [--n 200]
+(WORK_DIR is the per-run folder methods.py prints at its end; a few seconds per model on 2 CPU cores.)
+
+The toy's anchors are harmful requests in training phrasings; the held-out refusal metric uses phrasings *and*
+topics never trained on; the harmful fine-tuning scenario mixes in compliant answers to training topics in every
+phrasing, held-out phrasings included. Refusal (greedy, keyword detector) on three sets of harmful requests shows
+which of these a method's protection covers: training phrasings (those of the anchors), held-out phrasings of
+training topics (covered by the mixed-in compliance pairs), and the held-out set itself. Prints one markdown table,
+mean ± std over the seeds found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+from pathlib import Path
+
+import torch
+from methods import ROWS, SCENARIOS  # the run folders are named by their indices (benchmarks/ is on sys.path)
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from logitguard.generation import generate
+from logitguard.refusal import refusal_rate
+from logitguard.toy.corpus import build_corpus
+from logitguard.toy.model import ToyRecipe, toy_models
+
+
+def prompt_sets(n: int) -> dict[str, list[str]]:
+    """``n`` harmful requests of each kind, drawn with a fixed seed."""
+    corpus = build_corpus(ToyRecipe().seed)
+    trained_phrasing = {e.prompt for e in corpus.train_harmful}
+    base_harmful = [e.prompt for e in corpus.base if e.kind == "harmful"]
+    sets = {
+        "training phrasing": sorted(trained_phrasing),
+        "held-out phrasing, training topic": sorted(p for p in base_harmful if p not in trained_phrasing),
+        "held-out phrasing and topic": [e.prompt for e in corpus.heldout_harmful],
+    }
+    rng = random.Random(0)
+    return {name: rng.sample(prompts, min(n, len(prompts))) for name, prompts in sets.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", type=Path, help="the per-run folder of a methods.py run")
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(ROWS), help="default: every one found")
+    parser.add_argument("--scenario", default=list(SCENARIOS)[1], choices=list(SCENARIOS))
+    parser.add_argument("--n", type=int, default=200, help="requests per set")
+    args = parser.parse_args(argv)
+
+    aligned = toy_models(ToyRecipe()).aligned
+    tokenizer = AutoTokenizer.from_pretrained(aligned)
+    sets = prompt_sets(args.n)
+    print(f"{args.scenario}, {args.work}\n")
+    print("| method | seeds | " + " | ".join(sets) + " |")
+    print("|---" * (len(sets) + 2) + "|")
+    for index, method in enumerate(ROWS):
+        prefix = f"{list(SCENARIOS).index(args.scenario)}-{index}-seed"
+        adapters = sorted(args.work.glob(f"{prefix}*/run/adapter"))
+        if not adapters or (args.methods and method not in args.methods):
+            continue
+        rates: dict[str, list[float]] = {name: [] for name in sets}
+        for adapter in adapters:
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(aligned), adapter).eval()
+            for name, prompts in sets.items():
+                with torch.no_grad():
+                    rates[name].append(refusal_rate(generate(model, tokenizer, prompts, 12, desc=None)))
+        seeds = ", ".join(a.parent.parent.name.removeprefix(prefix) for a in adapters)
+        cells = [f"{100 * statistics.mean(r):.1f} ± {100 * statistics.pstdev(r):.1f}%" for r in rates.values()]
+        print(f"| {method} | {seeds} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
