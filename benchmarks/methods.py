@@ -73,13 +73,18 @@ METRICS = ("harmful_refusal", "benign_over_refusal", "benign_skills", "task_accu
 SELECTION_METRICS = ("dropped_harmful",)
 
 
-def select(examples: list, harmful: list, selection: SelectionConfig, config, setup, run_dir: Path) -> tuple:
+def run_dir(out: str | Path, method: str, scenario: str, seed: int) -> Path:
+    """Where ``run_one`` keeps a run's files; the trained adapter is in ``run_dir(...) / "run" / "adapter"``."""
+    return Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(ROWS).index(method)}-seed{seed}"
+
+
+def select(examples: list, harmful: list, selection: SelectionConfig, config, setup, folder: Path) -> tuple:
     """Score ``examples`` on the fresh adapter ``finetune`` will train (same seed); the kept ones and the cost."""
     from logitguard.demo import lora_model, select_examples
 
     model = lora_model(setup.aligned_path, config)
     start = time.perf_counter()
-    scores = run_dir / "selection" / "scores.jsonl"
+    scores = folder / "selection" / "scores.jsonl"
     keep = select_examples(model, setup, examples, selection, scores, {"seed": config.seed})
     seconds = time.perf_counter() - start
     harmful = set(harmful)
@@ -122,14 +127,14 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads
     examples = mix_safety_examples(examples, harmful, SCENARIOS[scenario], seed)
     refusals = [(e.prompt, e.response) for e in corpus.train_harmful]
     examples = mix_safety_examples(examples, refusals, spec.get("safety_fraction", 0.0), seed)
-    run_dir = Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(ROWS).index(method)}-seed{seed}"
+    folder = run_dir(out, method, scenario, seed)
     cost = {}
     if "selection" in spec:
         cost["epoch_steps"] = len(examples) / config.train.batch_size
-        examples, selected = select(examples, harmful, spec["selection"], config, setup, run_dir)
+        examples, selected = select(examples, harmful, spec["selection"], config, setup, folder)
         cost |= selected
     ids = torch.arange(len(tokenizer)) if spec.get("all_tokens") else None
-    result = finetune("run", config, setup, run_dir, spec.get("str"), examples, ids)
+    result = finetune("run", config, setup, folder, spec.get("str"), examples, ids)
     return {**result["metrics"], **cost, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -216,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     path, config = args.out, DemoConfig()
     work = Path(tempfile.mkdtemp(prefix="logitguard-methods-"))
     setup = set_up(config, work / f"k{config.k}")  # toy models, aligned metrics, safety tokens and anchors, once
-    for k in {ROWS[m].get("k", config.k) for m in methods} - {config.k}:  # settings with their own k
-        aligned = AutoModelForCausalLM.from_pretrained(setup.aligned_path)
+    other_ks = {ROWS[m].get("k", config.k) for m in methods} - {config.k}  # settings with their own k
+    aligned = AutoModelForCausalLM.from_pretrained(setup.aligned_path) if other_ks else None
+    for k in other_ks:
         prepare_str(aligned, setup.tokenizer, setup.corpus, replace(config, k=k), work / f"k{k}")
     runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in methods]  # seed by seed
     earlier = json.loads(path.read_text())["rows"] if args.update else []

@@ -1,6 +1,7 @@
 """Where fine-tuned models of a methods.py run still refuse: by the phrasing and topic of the harmful request.
 
-Run: python benchmarks/refusal_by_phrasing.py WORK_DIR [--methods NAME ...] [--scenario NAME] [--n 200]
+Run: python benchmarks/refusal_by_phrasing.py WORK_DIR [--methods NAME ...] [--scenario NAME] [--seeds 0 1 2]
+                                             [--n 200]
 (WORK_DIR is the per-run folder methods.py prints at its end; a few seconds per model on 2 CPU cores.)
 
 The toy's anchors are harmful requests in training phrasings; the held-out refusal metric uses phrasings *and*
@@ -15,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 from pathlib import Path
 
-import torch
-from methods import ROWS, SCENARIOS  # the run folders are named by their indices (benchmarks/ is on sys.path)
+from methods import ROWS, SCENARIOS, cell, run_dir  # benchmarks/ is on sys.path
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("work", type=Path, help="the per-run folder of a methods.py run")
     parser.add_argument("--methods", nargs="+", default=None, choices=list(ROWS), help="default: every one found")
     parser.add_argument("--scenario", default=list(SCENARIOS)[1], choices=list(SCENARIOS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=200, help="requests per set")
     args = parser.parse_args(argv)
 
@@ -57,20 +57,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.scenario}, {args.work}\n")
     print("| method | seeds | " + " | ".join(sets) + " |")
     print("|---" * (len(sets) + 2) + "|")
-    for index, method in enumerate(ROWS):
-        prefix = f"{list(SCENARIOS).index(args.scenario)}-{index}-seed"
-        adapters = sorted(args.work.glob(f"{prefix}*/run/adapter"))
-        if not adapters or (args.methods and method not in args.methods):
+    for method in args.methods or ROWS:
+        adapters = {seed: run_dir(args.work, method, args.scenario, seed) / "run" / "adapter" for seed in args.seeds}
+        adapters = {seed: path for seed, path in adapters.items() if path.is_dir()}
+        if not adapters:
             continue
         rates: dict[str, list[float]] = {name: [] for name in sets}
-        for adapter in adapters:
+        for adapter in adapters.values():
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(aligned), adapter).eval()
             for name, prompts in sets.items():
-                with torch.no_grad():
-                    rates[name].append(refusal_rate(generate(model, tokenizer, prompts, 12, desc=None)))
-        seeds = ", ".join(a.parent.parent.name.removeprefix(prefix) for a in adapters)
-        cells = [f"{100 * statistics.mean(r):.1f} ± {100 * statistics.pstdev(r):.1f}%" for r in rates.values()]
-        print(f"| {method} | {seeds} | " + " | ".join(cells) + " |", flush=True)
+                rates[name].append(refusal_rate(generate(model, tokenizer, prompts, 12, desc=None)))
+        seeds = ", ".join(map(str, adapters))
+        print(f"| {method} | {seeds} | " + " | ".join(cell(r) for r in rates.values()) + " |", flush=True)
 
 
 if __name__ == "__main__":
