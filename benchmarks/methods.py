@@ -4,11 +4,13 @@ path, over several seeds.
 Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ... | --str-settings] [--scenarios NAME ...]
                                   [--jobs 2] [--out FILE] [--update]
      python benchmarks/methods.py --table benchmarks/results/methods.json   (the tables of an earlier run)
-(about 2 minutes per run on 2 CPU cores; the peers × 2 scenarios × 3 seeds are about 2.5 hours with --jobs 1).
+(about 2 minutes per run on 2 CPU cores; the peers × 2 scenarios × 3 seeds are about 2.5 hours with --jobs 1;
+``--resume`` continues an interrupted invocation, running only what ``--out`` does not hold yet).
 ``--str-settings`` runs plain SFT, STR's default and each STR setting that changes one default (README's settings
 table: ``--str-settings --scenarios benign --jobs 2 --out benchmarks/results/str_settings.json``).
 
-Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs
+Every run trains through ``transformers.Trainer`` with ``STRTrainer`` (or the peer's own trainer), as a user's run
+does (``logitguard.experiment.finetune``). Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs
 mixed in (harmful fine-tuning, where defences differ most). Each run happens in a fresh process so its peak memory
 (RSS) is its own; time per step is the median over the run. ``--jobs N`` runs N at once with ``cpu_count // N``
 threads each (times stay comparable within one invocation, but not with a ``--jobs 1`` run). Selection methods
@@ -48,7 +50,7 @@ METHODS: dict[str, dict] = {
     "str (anchors + task)": {"str": replace(DEFAULT_STR, reference="both")},
     "full-vocabulary KL (λ=1)": {"str": KL_BASELINE, "all_tokens": True},
     "PACT-style restricted KL (λ=1, T=2)": {"str": replace(KL_BASELINE, temperature=2.0)},
-    "constrained SFT (Qi et al.)": {"task_loss": "constrained"},
+    "constrained SFT (Qi et al.)": {"constrained": True},
     "SafeInstr (+3% refusals)": {"safety_fraction": 0.03},
     "selection (drop 10%, gradient norm)": {"selection": DROP_BY_NORM},
     "selection (drop 10%, safety score)": {"selection": DROP_BY_SAFETY},
@@ -66,26 +68,58 @@ STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str 
     "str, k=64": {"str": DEFAULT_STR, "k": 64},
     "str, 2 anchors a step": {"str": replace(DEFAULT_STR, anchors_per_step=2)},
     "str, 8 anchors every 4th step": {"str": replace(DEFAULT_STR, anchor_every=4)},
+    "str, no target bucket": {"str": replace(DEFAULT_STR, target_bucket=False)},
+    "str, end-of-turn as a safety token, no target bucket": {
+        "str": replace(DEFAULT_STR, target_bucket=False),
+        "end_token": True,
+    },
 }
 ROWS = METHODS | STR_SETTINGS  # every row the benchmark can run
 SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
-METRICS = ("harmful_refusal", "benign_over_refusal", "benign_skills", "task_accuracy")
+METRICS = ("harmful_refusal", "harmful_refusal_opening", "benign_over_refusal", "benign_skills", "task_accuracy")
 SELECTION_METRICS = ("dropped_harmful",)
 
 
+def artifacts_key(spec: dict, default_k: int) -> str:
+    """The folder name of a row's safety tokens and anchors: its k, and whether the end-of-turn token joins them."""
+    return f"k{spec.get('k', default_k)}" + ("+end" if spec.get("end_token") else "")
+
+
+def prepare_artifacts(aligned, setup, config, key: str, folder: Path) -> None:
+    """Discover ``key``'s safety tokens and cache its anchors into ``folder`` (the default k's are in ``setup``)."""
+    from logitguard.anchors import AnchorCache, reference_anchors
+    from logitguard.demo import make_artifacts
+    from logitguard.discovery import SafetyTokens
+
+    k = int(key[1:].removesuffix("+end"))
+    base = folder.parent / f"k{k}"
+    make_artifacts(setup.setting, replace(config, k=k), base, aligned)
+    if key.endswith("+end"):  # the same refusals, the end-of-turn token added to the discovered ones
+        tokens, tokenizer = SafetyTokens.load(base / "safety_tokens.json"), setup.setting.tokenizer
+        cache = AnchorCache.load(base / "anchors.safetensors")
+        tokens = replace(
+            tokens,
+            ids=[*tokens.ids, tokenizer.eos_token_id],
+            tokens=[*tokens.tokens, tokenizer.eos_token],
+            scores=[*tokens.scores, 0.0],
+        )
+        tokens.save(folder / "safety_tokens.json")
+        reference_anchors(aligned, cache.input_ids, cache.attention_mask, cache.target_mask, tokens).save(
+            folder / "anchors.safetensors"
+        )
+
+
 def run_dir(out: str | Path, method: str, scenario: str, seed: int) -> Path:
-    """Where ``run_one`` keeps a run's files; the trained adapter is in ``run_dir(...) / "run" / "adapter"``."""
+    """Where ``run_one`` keeps a run's files; the trained adapter is in ``run_dir(...) / "adapter"``."""
     return Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(ROWS).index(method)}-seed{seed}"
 
 
-def select(examples: list, harmful: list, selection: SelectionConfig, config, setup, folder: Path) -> tuple:
-    """Score ``examples`` on the fresh adapter ``finetune`` will train (same seed); the kept ones and the cost."""
-    from logitguard.demo import lora_model, select_examples
+def select(model, examples: list, harmful: list, selection: SelectionConfig, setup, folder: Path) -> tuple:
+    """Score ``examples`` on ``model`` (the fresh adapter about to be trained); the kept ones and the cost."""
+    from logitguard.demo import select_examples
 
-    model = lora_model(setup.aligned_path, config)
     start = time.perf_counter()
-    scores = folder / "selection" / "scores.jsonl"
-    keep = select_examples(model, setup, examples, selection, scores, {"seed": config.seed})
+    keep = select_examples(model, setup, examples, selection, folder / "selection" / "scores.jsonl", {})
     seconds = time.perf_counter() - start
     harmful = set(harmful)
     mixed_in = [k for e, k in zip(examples, keep, strict=True) if e in harmful]
@@ -94,47 +128,48 @@ def select(examples: list, harmful: list, selection: SelectionConfig, config, se
 
 
 def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads: int) -> dict:
-    """One fine-tuning run in this (fresh) process: its metrics, step time and peak RSS."""
+    """One fine-tuning run in this (fresh) process, through STRTrainer: its metrics, step time and peak RSS."""
     import torch
-    from transformers import AutoTokenizer
 
     from logitguard.anchors import AnchorCache
-    from logitguard.baselines import mix_safety_examples
-    from logitguard.demo import DemoConfig, DemoSetup, finetune
+    from logitguard.baselines import full_vocabulary_tokens, mix_safety_examples
+    from logitguard.demo import DemoConfig, DemoSetup
     from logitguard.discovery import SafetyTokens
-    from logitguard.toy.corpus import build_corpus
-    from logitguard.toy.model import toy_models
+    from logitguard.experiment import finetune, lora_model
+    from logitguard.toy.setting import ToySetting
 
     torch.set_num_threads(threads)
     spec = ROWS[method]
     config = DemoConfig().with_seed(seed)
-    artifacts = Path(out) / f"k{spec.get('k', config.k)}"
-    train = replace(config.train, steps=steps, task_loss=spec.get("task_loss", "nll"))
-    config = replace(config, train=train, monitor_every=steps)  # no refusal curve: the final metrics only
-    corpus = build_corpus(config.recipe.seed)
-    aligned = toy_models(config.recipe).aligned
-    tokenizer = AutoTokenizer.from_pretrained(aligned)
-    setup = DemoSetup(
-        aligned,
-        tokenizer,
-        corpus,
-        {},
-        SafetyTokens.load(artifacts / "safety_tokens.json"),
-        AnchorCache.load(artifacts / "anchors.safetensors"),
-    )
-    examples = [(e.prompt, e.response) for e in corpus.instruct]
-    harmful = [(e.prompt, e.response) for e in corpus.base if e.kind == "harmful"]
-    examples = mix_safety_examples(examples, harmful, SCENARIOS[scenario], seed)
-    refusals = [(e.prompt, e.response) for e in corpus.train_harmful]
-    examples = mix_safety_examples(examples, refusals, spec.get("safety_fraction", 0.0), seed)
+    tune = replace(config.finetune, steps=steps, monitor_every=0)  # the final metrics only
+    artifacts = Path(out) / artifacts_key(spec, config.k)
+    setting = ToySetting(config.recipe)
+    tokens = SafetyTokens.load(artifacts / "safety_tokens.json")
+    setup = DemoSetup(setting, {}, tokens, AnchorCache.load(artifacts / "anchors.safetensors"))
+    harmful = setting.harmful_compliance()
+    examples = mix_safety_examples(setting.benign_data(), harmful, SCENARIOS[scenario], seed)
+    examples = mix_safety_examples(examples, setting.refusals(), spec.get("safety_fraction", 0.0), seed)
     folder = run_dir(out, method, scenario, seed)
+    model = lora_model(setting, tune)
     cost = {}
     if "selection" in spec:
-        cost["epoch_steps"] = len(examples) / config.train.batch_size
-        examples, selected = select(examples, harmful, spec["selection"], config, setup, folder)
+        cost["epoch_steps"] = len(examples) / tune.batch_size
+        examples, selected = select(model, examples, harmful, spec["selection"], setup, folder)
         cost |= selected
-    ids = torch.arange(len(tokenizer)) if spec.get("all_tokens") else None
-    result = finetune("run", config, setup, folder, spec.get("str"), examples, ids)
+    if spec.get("all_tokens"):
+        tokens = full_vocabulary_tokens(setting.tokenizer)
+    result = finetune(
+        setting,
+        tune,
+        examples,
+        folder,
+        spec.get("str"),
+        tokens,
+        setup.anchors,
+        constrained=spec.get("constrained", False),
+        model=model,
+        progress=False,
+    )
     return {**result["metrics"], **cost, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -154,8 +189,9 @@ def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
             continue
         seeds = sorted({r["seed"] for r in scenario_rows})
         lines += [f"\n{scenario}: seeds {seeds}, {steps} steps, mean ± std\n"]
-        header = ["method", "seeds", "harmful refusal", "over-refusal", "benign skills", "task accuracy"]
-        lines += ["| " + " | ".join([*header, "× SFT time", "× SFT memory"]) + " |", "|---" * 8 + "|"]
+        header = ["method", "seeds", "harmful refusal", "refusal opening only", "over-refusal", "benign skills"]
+        header += ["task accuracy", "× SFT time", "× SFT memory"]
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         sft = {r["seed"]: r for r in scenario_rows if r["method"] == "sft"}
         for method in ROWS:
             runs = [r for r in scenario_rows if r["method"] == method]
@@ -195,14 +231,12 @@ def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from logitguard.demo import DemoConfig, prepare_str, set_up
+    from logitguard.demo import DemoConfig, set_up
     from logitguard.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=DemoConfig().train.steps)
+    parser.add_argument("--steps", type=int, default=DemoConfig().finetune.steps)
     rows_to_run = parser.add_mutually_exclusive_group()
     rows_to_run.add_argument("--methods", nargs="+", choices=list(ROWS), help="default: the peers and selection")
     rows_to_run.add_argument("--str-settings", action="store_true", help="SFT, STR's default and each STR setting")
@@ -210,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "methods.json")
     parser.add_argument("--update", action="store_true", help="merge into the rows already in --out")
+    parser.add_argument(
+        "--resume", action="store_true", help="merge into --out and run only the runs it does not hold yet"
+    )
     parser.add_argument("--table", type=Path, default=None, help="only print the tables of an earlier methods.json")
     args = parser.parse_args(argv)
     if args.table:
@@ -221,12 +258,16 @@ def main(argv: list[str] | None = None) -> None:
     path, config = args.out, DemoConfig()
     work = Path(tempfile.mkdtemp(prefix="logitguard-methods-"))
     setup = set_up(config, work / f"k{config.k}")  # toy models, aligned metrics, safety tokens and anchors, once
-    other_ks = {ROWS[m].get("k", config.k) for m in methods} - {config.k}  # settings with their own k
-    aligned = AutoModelForCausalLM.from_pretrained(setup.aligned_path) if other_ks else None
-    for k in other_ks:
-        prepare_str(aligned, setup.tokenizer, setup.corpus, replace(config, k=k), work / f"k{k}")
+    keys = {artifacts_key(ROWS[m], config.k) for m in methods} - {f"k{config.k}"}  # settings with their own tokens
+    aligned = setup.setting.load_aligned() if keys else None
+    for key in sorted(keys):
+        prepare_artifacts(aligned, setup, config, key, work / key)
     runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in methods]  # seed by seed
-    earlier = json.loads(path.read_text())["rows"] if args.update else []
+    earlier = json.loads(path.read_text())["rows"] if (args.update or args.resume) and path.is_file() else []
+    if args.resume:
+        done = {(r["method"], r["scenario"], r["seed"]) for r in earlier}
+        asked, runs = len(runs), [run for run in runs if run not in done]
+        print(f"{asked} runs asked for, {len(runs)} still to run", flush=True)
     rows = [r for r in earlier if (r["method"], r["scenario"], r["seed"]) not in set(runs)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:

@@ -54,6 +54,7 @@ class Settings:
 def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
     """Train ``s.warmup + s.steps`` steps of one variant; put (median seconds per step, peak bytes) on ``queue``."""
     import torch
+    from logitguard.trainer import STRTrainer
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
@@ -61,7 +62,6 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
     from logitguard.discovery import SafetyTokens
     from logitguard.model_parts import model_fingerprint
     from logitguard.regularizer import STRConfig
-    from logitguard.trainer import STRTrainer
 
     p = PRESETS[s.preset]
     torch.manual_seed(0)
@@ -89,6 +89,7 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
         target_mask=target,
         ref_logits=torch.randn(n_anchors, length, s.k) * target.unsqueeze(-1),
         ref_logsumexp=torch.randn(n_anchors, length) * target,
+        ref_target_logits=torch.randn(n_anchors, length) * target,
         token_ids=ids,
         model_fingerprint=model_fingerprint(model, ids),
     )

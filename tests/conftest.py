@@ -3,15 +3,11 @@
 import json
 
 import pytest
-import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from logitguard.toy.corpus import build_corpus
-from logitguard.toy.model import ToyRecipe, build_tokenizer, toy_models
-
-# A toy recipe small enough to build in well under a minute; it learns to refuse, not much else.
-SMALL_RECIPE = ToyRecipe(hidden_size=64, layers=2, heads=2, intermediate_size=128, base_steps=250, aligned_steps=150)
+from logitguard.toy.model import build_tokenizer, toy_models
+from tests.helpers import SMALL_RECIPE, tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -30,23 +26,6 @@ def random_model(tokenizer):
     return tiny_llama(tokenizer).eval()
 
 
-def tiny_llama(tokenizer, layers: int = 2, max_positions: int = 128) -> LlamaForCausalLM:
-    """A random-weight Llama with hidden size 32 on ``tokenizer``, initialised under seed 0."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=max_positions,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config)
-
-
 @pytest.fixture(scope="session")
 def toy():
     """The default toy checkpoints, built once into $LOGITGUARD_CACHE (shared with the demo test)."""
@@ -54,9 +33,10 @@ def toy():
 
 
 @pytest.fixture(scope="session")
-def small_toy(tmp_path_factory):
-    """Base and aligned checkpoints of the small recipe (saved with save_pretrained)."""
-    return toy_models(SMALL_RECIPE, cache_dir=tmp_path_factory.mktemp("toy-cache"))
+def small_toy():
+    """Base and aligned checkpoints of the small recipe (saved with save_pretrained; about 20 s to build, once,
+    into $LOGITGUARD_CACHE)."""
+    return toy_models(SMALL_RECIPE)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +56,7 @@ def workspace(tmp_path_factory, tokenizer):
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
         "training": {
             "max_steps": 6,
-            "per_device_batch_size": 4,
+            "per_device_train_batch_size": 4,
             "learning_rate": 0.01,
             "save_steps": 2,
             "logging_steps": 2,

@@ -3,12 +3,20 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import TrainingArguments
 
-from logitguard.baselines import constrained_nll, full_vocab_kl, mix_safety_examples, response_betas
+from logitguard.baselines import (
+    ConstrainedSFTTrainer,
+    constrained_nll,
+    constrained_sft_loss,
+    full_vocab_kl,
+    label_log_probs,
+    mix_safety_examples,
+    response_betas,
+)
+from logitguard.custom_loop import str_loss
 from logitguard.data import collate, encode_chat
-from logitguard.regularizer import str_loss
-from logitguard.training import TrainConfig, label_log_probs, train
-from tests.test_regularizer import PAIRS
+from tests.helpers import PAIRS
 
 
 def test_full_vocab_kl_matches_torch_and_is_zero_for_identical_logits():
@@ -70,25 +78,42 @@ def test_label_log_probs_are_the_models_own_at_each_label_position(random_model,
 
 def test_constrained_sft_at_the_reference_has_the_plain_nll_gradient(random_model, tokenizer):
     """Δ = 0 makes every token weight 2(1 − σ(0)) = 1: the same update as SFT on the first step."""
-
     encoded = [encode_chat(tokenizer, p, r) for p, r in PAIRS]
     for example, values in zip(encoded, label_log_probs(random_model, encoded, tokenizer.pad_token_id), strict=True):
         example["ref_log_probs"] = values
     batch = collate(encoded, tokenizer.pad_token_id)
-    grads = {}
-    for task_loss in ("nll", "constrained"):
-        random_model.zero_grad()
-        str_loss(random_model, batch, None, None, task_loss=task_loss).loss.backward()
-        grads[task_loss] = random_model.lm_head.weight.grad.clone()
-    assert grads["nll"].abs().sum() > 0
-    assert torch.allclose(grads["nll"], grads["constrained"], atol=1e-6)
+    random_model.zero_grad()
+    str_loss(random_model, batch, None).loss.backward()
+    nll_grad = random_model.lm_head.weight.grad.clone()
+    random_model.zero_grad()
+    logits = random_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    total, count = constrained_sft_loss(logits, batch["labels"], batch["ref_log_probs"])
+    (total / count).backward()
+    assert nll_grad.abs().sum() > 0
+    assert torch.allclose(nll_grad, random_model.lm_head.weight.grad, atol=1e-6)
 
 
-def test_training_with_constrained_sft_runs_and_learns(random_model, tokenizer):
-
-    history = train(
-        random_model, tokenizer, PAIRS, TrainConfig(steps=6, batch_size=3, lr=1e-2, task_loss="constrained")
+def test_constrained_sft_trainer_runs_and_learns(random_model, tokenizer, tmp_path):
+    encoded = [encode_chat(tokenizer, p, r) for p, r in PAIRS * 4]
+    for example, values in zip(encoded, label_log_probs(random_model, encoded, tokenizer.pad_token_id), strict=True):
+        example["ref_log_probs"] = values
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=8,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
     )
-    assert history[-1]["task_loss"] < history[0]["task_loss"]
-    with pytest.raises(ValueError, match="task_loss"):
-        TrainConfig(task_loss="dpo")
+    trainer = ConstrainedSFTTrainer(
+        model=random_model,
+        args=args,
+        train_dataset=encoded,
+        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
+    )
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[-1] < losses[0]

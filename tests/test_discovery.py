@@ -26,6 +26,7 @@ def test_top_k_skips_excluded_ids_and_checks_k():
             top_k_tokens(scores, bad_k, exclude=[0])
 
 
+@pytest.mark.slow
 def test_discovery_ranks_refusal_markers_above_ordinary_words(toy, corpus):
     model = AutoModelForCausalLM.from_pretrained(toy.aligned)
     tokenizer = AutoTokenizer.from_pretrained(toy.aligned)

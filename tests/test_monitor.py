@@ -7,7 +7,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 from logitguard.data import collate, encode_chat
 from logitguard.monitor import SafetyMonitor
-from tests.test_trainer import ListDataset
 
 
 def test_monitor_logs_refusals_and_stops_plain_sft_when_they_collapse(small_toy, corpus, tmp_path):
@@ -32,7 +31,7 @@ def test_monitor_logs_refusals_and_stops_plain_sft_when_they_collapse(small_toy,
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=ListDataset(data),
+        train_dataset=data,
         data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
         processing_class=tokenizer,
     )

@@ -20,7 +20,7 @@ from logitguard.selection import (
     sample_losses,
     score_samples,
 )
-from tests.conftest import tiny_llama
+from tests.helpers import tiny_llama
 
 
 def chat(prompt: str, answer: str) -> list[dict[str, str]]:

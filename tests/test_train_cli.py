@@ -17,8 +17,10 @@ from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 
 from logitguard.cli import main
+from logitguard.anchors import AnchorCache
 from logitguard.discovery import SafetyTokens
 from logitguard.run_config import load_run_config
+from tests.helpers import tiny_llama
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -60,6 +62,7 @@ def test_train_writes_adapter_artifacts_config_and_log(workspace, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(workspace):
     config = str(workspace / "run.yaml")
     steps = ["training.max_steps=60", "training.save_steps=10", "training.logging_steps=10"]
@@ -89,6 +92,7 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(workspace
     assert max_difference(adapter(killed), adapter(whole)) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 @pytest.mark.parametrize("anchor_pass", ["shared", "separate"])
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspace, anchor_pass):
@@ -97,7 +101,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspac
     assert cli("train", "--config", config, f"output_dir={single}", f"str.anchor_pass={anchor_pass}").returncode == 0
     command = ["torchrun", "--nproc_per_node", "2", "-m", "logitguard.cli", "train", "--config", config]
     launched = subprocess.run(
-        [*command, f"output_dir={double}", "training.per_device_batch_size=2", f"str.anchor_pass={anchor_pass}"],
+        [*command, f"output_dir={double}", "training.per_device_train_batch_size=2", f"str.anchor_pass={anchor_pass}"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -110,13 +114,21 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspac
     assert anchor_terms[0][-1] > 0
 
 
-def test_tokens_command_writes_an_artifact_for_a_local_model(workspace, tokenizer):
-    out = workspace / "tokens.json"
+def test_tokens_command_writes_both_artifacts_and_train_reuses_them(workspace, tokenizer, tmp_path):
+    out = tmp_path / "artifacts"
     model = str(workspace / "model")
     assert main(["tokens", "--model", model, "--out", str(out), "--k", "5", "--refusals", "templates"]) == 0
-    tokens = SafetyTokens.load(out)
+    tokens = SafetyTokens.load(out / "safety_tokens.json")
     assert tokens.k == 5 and tokens.method["n_refusals"] > 0
     tokens.check_tokenizer(tokenizer)
+    AnchorCache.load(out / "anchors.safetensors").check(tiny_llama(tokenizer, max_positions=256), tokens)
+    stamp = (out / "anchors.safetensors").stat().st_mtime_ns
+    assert main(["tokens", "--model", model, "--out", str(out), "--k", "5", "--refusals", "templates"]) == 0
+    assert (out / "anchors.safetensors").stat().st_mtime_ns == stamp  # made once, read thereafter
+    run = tmp_path / "run"
+    given = [f"str.tokens={out / 'safety_tokens.json'}", f"str.anchors={out / 'anchors.safetensors'}"]
+    assert main(["train", "--config", str(workspace / "run.yaml"), f"output_dir={run}", *given]) == 0
+    assert not (run / "safety_tokens.json").exists()  # the given artifacts were used, not rediscovered
 
 
 def write(path: Path, text: str) -> str:

@@ -3,64 +3,13 @@
 import pytest
 import torch
 from peft import LoraConfig
-from transformers import TrainingArguments
 
 from logitguard.anchors import build_anchor_cache
+from logitguard.custom_loop import str_loss
 from logitguard.data import collate, encode_chat
-from logitguard.regularizer import AnchorSchedule, STRConfig, anchor_penalty, str_loss
-from logitguard.trainer import STRTrainer
-from tests.test_regularizer import PAIRS, REFUSALS, lora, safety_tokens
-
-BENIGN = [
-    ("Help me plant roses.", "Sure, here is how to plant roses: Step 1: get ready."),
-    ("How do I bake bread?", "Sure, here is how to bake bread: Step 1: get ready."),
-    ("Count the words in: red dog", "two"),
-    ("Say the word cat twice.", "cat cat"),
-] * 4
-
-
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-
-def make_trainer(model, tokenizer, tmp_path, str_config, cache, tokens, **args):
-    settings = {
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1e-2,
-        "max_steps": 3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "use_cpu": True,
-        "remove_unused_columns": False,
-        "lr_scheduler_type": "constant",
-        "seed": 0,
-        **args,
-    }
-    return STRTrainer(
-        model=model,
-        args=TrainingArguments(**settings),
-        train_dataset=ListDataset([encode_chat(tokenizer, p, r) for p, r in BENIGN]),
-        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
-        str_config=str_config,
-        safety_tokens=tokens,
-        anchors=cache,
-    )
-
-
-def perturb_lora(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
+from logitguard.model_parts import final_hidden_states
+from logitguard.regularizer import STRConfig, STRObjective, anchor_penalty
+from tests.helpers import BENIGN, PAIRS, REFUSALS, lora, make_trainer, perturb_lora, safety_tokens
 
 
 @pytest.mark.parametrize(
@@ -77,8 +26,7 @@ def test_trainer_loss_equals_the_custom_loop_loss(random_model, tokenizer, tmp_p
     n = int((batch["labels"][:, 1:] != -100).sum())
     model.train()
     loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(n))
-    anchors = cache.rows(AnchorSchedule(len(cache), 4, seed=0).rows(0)) if config.uses_anchors else None
-    expected = str_loss(model, batch, tokens.id_tensor(), config, anchors)
+    expected = str_loss(model, batch, STRObjective(config, tokens, cache, seed=0))  # the same step-0 draw
     assert loss.item() == pytest.approx(expected.loss.item(), rel=1e-5)
     assert expected.loss.item() > expected.task.item()  # the STR term is present and non-zero
 
@@ -135,18 +83,17 @@ def test_anchor_cache_from_another_model_is_refused(random_model, tokenizer, tmp
 def anchor_drift(model, cache, tokens):
     """Mean anchor penalty of ``model`` over the whole cache (0 for the aligned model)."""
     rows = cache.rows(torch.arange(len(cache)))
-    from logitguard.model_parts import final_hidden_states
-
     with torch.no_grad():
         hidden = final_hidden_states(model, rows["input_ids"], rows["attention_mask"])
-        return anchor_penalty(model, hidden, rows, tokens.id_tensor(), STRConfig(penalty="mse")).item()
+        total = anchor_penalty(model, hidden, rows, tokens.id_tensor(), STRConfig(penalty="mse"))
+        return total.item() / int(rows["target_mask"].sum())
 
 
 def test_sft_trainer_as_documented_with_str_added(random_model, tokenizer, tmp_path):
     """TRL's documented usage (conversational prompt-completion data, peft_config, completion-only loss)."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    from logitguard.sft import STRSFTTrainer
+    from logitguard.str_sft_trainer import STRSFTTrainer
 
     tokens = safety_tokens(tokenizer)
     cache = build_anchor_cache(random_model, tokenizer, REFUSALS * 3, tokens)

@@ -10,7 +10,9 @@ are moved aside, not deleted.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import torch.distributed as dist
@@ -50,12 +52,50 @@ def set_aside_incomplete(folder: str | Path) -> list[Path]:
     """Rename unmarked checkpoints newer than the last complete one to ``incomplete-checkpoint-N``."""
     last = last_complete_checkpoint(folder)
     last_step = int(_CHECKPOINT.match(last.name).group(1)) if last else -1
-    moved = []
-    for step, path in _checkpoints(Path(folder)):
-        if step > last_step and not (path / COMPLETE).is_file():
-            target, n = path.with_name(f"incomplete-{path.name}"), 1
-            while target.exists():
-                target, n = path.with_name(f"incomplete-{path.name}.{n}"), n + 1
-            path.rename(target)
-            moved.append(target)
-    return moved
+    return [
+        _set_aside(path, "incomplete")
+        for step, path in _checkpoints(Path(folder))
+        if step > last_step and not (path / COMPLETE).is_file()
+    ]
+
+
+def _set_aside(path: Path, label: str) -> Path:
+    target, n = path.with_name(f"{label}-{path.name}"), 1
+    while target.exists():
+        target, n = path.with_name(f"{label}-{path.name}.{n}"), n + 1
+    path.rename(target)
+    return target
+
+
+def unreadable_reason(checkpoint: Path) -> str | None:
+    """Why a marked checkpoint cannot be resumed from (its trainer state or weights do not read back), or None."""
+    from safetensors import safe_open
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        weights = sorted(checkpoint.glob("*.safetensors"))
+        if not weights:
+            return "no weights (*.safetensors)"
+        for path in weights:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+    except Exception as e:  # OSError, bad JSON, safetensors' own errors on a truncated or garbled file
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def resumable_checkpoint(folder: str | Path, is_main_process: bool = True) -> Path | None:
+    """The newest complete checkpoint that reads back; damaged newer ones are set aside (by the main process).
+
+    Every process calls this; only the main one renames folders, the others skip the damaged ones.
+    """
+    for _, path in reversed(_checkpoints(Path(folder))):
+        if not (path / COMPLETE).is_file():
+            continue
+        reason = unreadable_reason(path)
+        if reason is None:
+            return path
+        if is_main_process:
+            moved = _set_aside(path, "unreadable")
+            print(f"{path} is unreadable ({reason}); set aside as {moved.name}, trying an older one", file=sys.stderr)
+    return None

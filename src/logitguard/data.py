@@ -11,6 +11,8 @@ from typing import Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from logitguard.errors import LogitGuardError
+
 IGNORE_INDEX = -100
 Messages = list[dict[str, str]]
 Overflow = Literal["truncate", "error"]
@@ -44,7 +46,7 @@ def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> d
         head = _render(tokenizer, messages[:i], add_generation_prompt=True)
         upto = _render(tokenizer, messages[: i + 1], add_generation_prompt=False) if i + 1 < len(messages) else full
         if upto[: len(head)] != head or full[: len(upto)] != upto:
-            raise ValueError(
+            raise LogitGuardError(
                 "the chat template does not render the conversation before an assistant turn (with "
                 "add_generation_prompt=True) as a prefix of the conversation, so assistant tokens cannot be located"
             )
@@ -64,7 +66,7 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) 
 
 def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise LogitGuardError(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; "
             "set tokenizer.chat_template (model.chat_template in a run config) or pick an instruct/chat model"
         )
@@ -100,7 +102,7 @@ def record_messages(record: object, where: str) -> Messages:
     prompt-completion format). ``where`` ("file:line") prefixes every error.
     """
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise LogitGuardError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
         messages = record["messages"]
     elif "prompt" in record and "completion" in record:
@@ -109,14 +111,16 @@ def record_messages(record: object, where: str) -> Messages:
             completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
         )
     else:
-        raise ValueError(f"{where}: a record needs 'messages', or 'prompt' and 'completion'; found {sorted(record)}")
+        raise LogitGuardError(
+            f"{where}: a record needs 'messages', or 'prompt' and 'completion'; found {sorted(record)}"
+        )
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}: 'messages' must be a non-empty list")
+        raise LogitGuardError(f"{where}: 'messages' must be a non-empty list")
     for j, m in enumerate(messages):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise ValueError(f"{where}: message {j} needs string 'role' and 'content'")
+            raise LogitGuardError(f"{where}: message {j} needs string 'role' and 'content'")
     if not any(m["role"] == "assistant" for m in messages):
-        raise ValueError(f"{where}: no assistant message to train on")
+        raise LogitGuardError(f"{where}: no assistant message to train on")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
@@ -131,7 +135,7 @@ def iter_chat_jsonl(path: str | Path) -> Iterator[tuple[str, Messages, str]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise LogitGuardError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
             yield where, record_messages(record, where), line
 
 
@@ -139,7 +143,7 @@ def read_chat_jsonl(path: str | Path) -> list[Messages]:
     """Conversations from a JSONL file (one record per line, blank lines skipped); errors name file and line."""
     conversations = [messages for _, messages, _ in iter_chat_jsonl(path)]
     if not conversations:
-        raise ValueError(f"{path}: no training records")
+        raise LogitGuardError(f"{path}: no training records")
     return conversations
 
 
@@ -151,13 +155,13 @@ def encode_limited(
     truncated = len(example["input_ids"]) > max_length
     if truncated:
         if on_overflow == "error":
-            raise ValueError(
+            raise LogitGuardError(
                 f"{where}: {len(example['input_ids'])} tokens, more than max_length {max_length} "
                 "(raise max_length, or truncate)"
             )
         example = {key: value[:max_length] for key, value in example.items()}
     if all(label == IGNORE_INDEX for label in example["labels"][1:]):
-        raise ValueError(f"{where}: no assistant tokens within max_length {max_length}")
+        raise LogitGuardError(f"{where}: no assistant tokens within max_length {max_length}")
     return example, truncated
 
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.data import IGNORE_INDEX, collate, encode_chat
+from logitguard.errors import LogitGuardError
 from logitguard.io import write_json
 
 ARTIFACT_VERSION = 1
@@ -57,7 +58,7 @@ class SafetyTokens:
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, source: str = "safety-token artifact") -> None:
         found = tokenizer_fingerprint(tokenizer)
         if found != self.tokenizer_fingerprint:
-            raise ValueError(
+            raise LogitGuardError(
                 f"{source} was made with another tokenizer (fingerprint {self.tokenizer_fingerprint}, "
                 f"this tokenizer {found}); rerun discovery for this model"
             )
@@ -71,15 +72,15 @@ class SafetyTokens:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+            raise LogitGuardError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
         if raw.get("version") != ARTIFACT_VERSION:
             found = raw.get("version")
-            raise ValueError(f"{path}: safety-token artifact version {found!r}, expected {ARTIFACT_VERSION}")
+            raise LogitGuardError(f"{path}: safety-token artifact version {found!r}, expected {ARTIFACT_VERSION}")
         missing = {"ids", "tokens", "scores", "tokenizer_fingerprint"} - raw.keys()
         if missing:
-            raise ValueError(f"{path}: safety-token artifact lacks field(s) {sorted(missing)}")
+            raise LogitGuardError(f"{path}: safety-token artifact lacks field(s) {sorted(missing)}")
         if not (len(raw["ids"]) == len(raw["tokens"]) == len(raw["scores"])) or not raw["ids"]:
-            raise ValueError(f"{path}: 'ids', 'tokens' and 'scores' must be non-empty and of equal length")
+            raise LogitGuardError(f"{path}: 'ids', 'tokens' and 'scores' must be non-empty and of equal length")
         raw.pop("k", None)
         return cls(**raw)
 
@@ -99,7 +100,9 @@ def top_k_tokens(scores: Tensor, k: int, exclude: Sequence[int] = ()) -> tuple[T
     """Ids and scores of the ``k`` best tokens, never choosing an id in ``exclude``."""
     vocab = scores.numel()
     if not 0 < k <= vocab - len(set(exclude)):
-        raise ValueError(f"k must be between 1 and the usable vocabulary size {vocab - len(set(exclude))}, got {k}")
+        raise LogitGuardError(
+            f"k must be between 1 and the usable vocabulary size {vocab - len(set(exclude))}, got {k}"
+        )
     masked = scores.float().clone()
     if exclude:
         masked[torch.tensor(sorted(set(exclude)), dtype=torch.long)] = float("-inf")
@@ -117,7 +120,7 @@ def mean_response_probs(
 ) -> Tensor:
     """``(V,)`` next-token distribution averaged over every response position of teacher-forced ``pairs``."""
     if not pairs:
-        raise ValueError(f"{desc}: no (prompt, response) pairs given")
+        raise LogitGuardError(f"{desc}: no (prompt, response) pairs given")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -151,7 +154,7 @@ def discover_safety_tokens(
     """
     vocab = len(tokenizer)
     if not 0 < k <= vocab:
-        raise ValueError(f"k must be between 1 and the vocabulary size {vocab}, got {k}")
+        raise LogitGuardError(f"k must be between 1 and the vocabulary size {vocab}, got {k}")
     p_refusal = mean_response_probs(model, tokenizer, refusals, batch_size, "refusals")
     p_benign = mean_response_probs(model, tokenizer, benign, batch_size, "benign answers")
     scores = score_tokens(p_refusal, p_benign)[:vocab]

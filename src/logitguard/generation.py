@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.data import prompt_ids
+from logitguard.errors import LogitGuardError
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def generate(
     device = next(model.parameters()).device
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     if pad_id is None:
-        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token before generating")
+        raise LogitGuardError("tokenizer has no pad token; set tokenizer.pad_token before generating")
     outputs: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, leave=False, disable=desc is None):

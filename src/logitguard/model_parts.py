@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from logitguard.errors import LogitGuardError
+
 
 def unwrap(model: nn.Module) -> PreTrainedModel:
     """The transformers causal LM inside a PEFT model (LoRA layers stay injected)."""
@@ -59,7 +61,7 @@ def model_fingerprint(model: nn.Module, ids: Tensor) -> str:
 def reference_mode(model: nn.Module) -> Iterator[None]:
     """The aligned model inside a PEFT model: adapters off, dropout off, no grad."""
     if not hasattr(model, "disable_adapter"):
-        raise ValueError(
+        raise LogitGuardError(
             "the task-batch reference needs a PEFT model (its adapters disabled give the aligned model); "
             "for full fine-tuning use reference='anchors', whose reference values are cached before training"
         )

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from logitguard.errors import LogitGuardError
+
 Reduction = Literal["mean", "sum"]
 
 
@@ -33,19 +35,45 @@ def salient_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None = None) -
     return logits if bias is None else logits + bias.to(logits.dtype)
 
 
-def salient_log_probs(logits: Tensor, logsumexp_all: Tensor) -> Tensor:
-    """Full-vocabulary log-probabilities of the k tokens plus one bucket for all other tokens.
+MASKED_LOGIT = -1e4  # a logit whose probability is 0 in fp32 after any realistic normaliser
+
+
+def with_target_column(logits: Tensor, target_logits: Tensor, target_is_salient: Tensor) -> Tensor:
+    """The k safety-token logits plus one column for the sequence's own next token.
+
+    Pinning the k safety tokens alone leaves a refusal's other tokens free: at the refusal's last position
+    the end-of-turn token, and a compliant "Step" that replaces it, share the rest of the vocabulary. The
+    target column gives the next token of the teacher-forced refusal its own bucket, so the penalty covers the
+    refusal to its end. Where that token is already a safety token the column is masked (probability 0 in
+    both model and reference), so no token is counted twice.
 
     Args:
         logits: ``(*N, k)`` safety-token logits.
+        target_logits: ``(*N,)`` logit of the next token at the same positions.
+        target_is_salient: ``(*N,)`` bool, True where the next token is one of the k safety tokens.
+
+    Returns:
+        ``(*N, k + 1)`` logits, in ``logits``' dtype.
+    """
+    target = torch.where(target_is_salient, MASKED_LOGIT, target_logits.to(logits.dtype))
+    return torch.cat([logits, target.unsqueeze(-1)], dim=-1)
+
+
+def salient_log_probs(logits: Tensor, logsumexp_all: Tensor) -> Tensor:
+    """Full-vocabulary log-probabilities of m distinct tokens plus one bucket for all other tokens.
+
+    Args:
+        logits: ``(*N, m)`` logits of the tokens (the k safety tokens, and possibly a target column).
         logsumexp_all: ``(*N,)`` log-sum-exp of the full-vocabulary logits at the same positions.
 
     Returns:
-        ``(*N, k + 1)`` fp32 log-probabilities; the last column is ``log(1 - sum of the k probabilities)``.
+        ``(*N, m + 1)`` fp32 log-probabilities; the last column is ``log(1 - sum of the m probabilities)``.
+        A column masked with :data:`MASKED_LOGIT` keeps that value (probability 0 whatever the normaliser).
         A penalty on them also sees the rest of the vocabulary (a compliant "Sure" overtaking a refusal "I")
         while only k rows of the output embedding take part beyond the normaliser.
     """
     log_p = logits.float() - logsumexp_all.float().unsqueeze(-1)
+    log_p = torch.where(logits.float() <= MASKED_LOGIT, MASKED_LOGIT, log_p)  # a masked column stays masked
     salient_mass = log_p.logsumexp(dim=-1).clamp(max=-1e-6)
     rest = torch.log(-torch.expm1(salient_mass))
     return torch.cat([log_p, rest.unsqueeze(-1)], dim=-1)
@@ -59,7 +87,7 @@ def reduce_masked(per_position: Tensor, mask: Tensor, reduction: Reduction) -> T
         return total
     if reduction == "mean":
         return total / mask.sum().clamp(min=1)
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    raise LogitGuardError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
 def logit_mse(logits: Tensor, ref_logits: Tensor, mask: Tensor, reduction: Reduction = "mean") -> Tensor:
@@ -100,7 +128,7 @@ def salient_kl(
         Scalar fp32 KL divergence, reduced over selected positions.
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise LogitGuardError(f"temperature must be > 0, got {temperature}")
     log_q = F.log_softmax(ref_logits.detach().float() / temperature, dim=-1)
     log_p = F.log_softmax(logits.float() / temperature, dim=-1)
     per_position = (log_q.exp() * (log_q - log_p)).sum(dim=-1) * temperature**2
@@ -119,4 +147,4 @@ def get_penalty(name: str) -> Penalty:
     try:
         return PENALTIES[name]
     except KeyError:
-        raise ValueError(f"unknown penalty {name!r}; choose one of {sorted(PENALTIES)}") from None
+        raise LogitGuardError(f"unknown penalty {name!r}; choose one of {sorted(PENALTIES)}") from None

@@ -15,8 +15,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.builtin_prompts import BENIGN_PAIRS, HARMFUL_PROMPTS, REJECTION_TEMPLATES
+from logitguard.errors import LogitGuardError
 from logitguard.generation import generate
-from logitguard.refusal import is_refusal
+from logitguard.refusal import is_refusal, opens_with_refusal
 
 Source = Literal["generate", "templates"]
 SOURCES = ("generate", "templates")
@@ -35,11 +36,11 @@ def refusal_pairs(
     if source == "templates":
         return [(p, templates[i % len(templates)]) for i, p in enumerate(prompts)]
     if source != "generate":
-        raise ValueError(f"refusal source must be one of {SOURCES}, got {source!r}")
+        raise LogitGuardError(f"refusal source must be one of {SOURCES}, got {source!r}")
     answers = generate(model, tokenizer, list(prompts), max_new_tokens, desc="refusals")
     pairs = [(p, a) for p, a in zip(prompts, answers, strict=True) if is_refusal(a)]
     if len(pairs) < MIN_REFUSALS:
-        raise ValueError(
+        raise LogitGuardError(
             f"the model refused only {len(pairs)} of {len(prompts)} harmful prompts, too few to learn its refusals "
             "from; is it an aligned (instruct) model? Use refusal source 'templates' to teacher-force built-in ones"
         )
@@ -58,5 +59,5 @@ def benign_pairs(
         return list(pairs)
     prompts = [p for p, _ in pairs]
     answers = generate(model, tokenizer, prompts, max_new_tokens, desc="benign answers")
-    kept = [(p, a) for p, a in zip(prompts, answers, strict=True) if a and not is_refusal(a)]
+    kept = [(p, a) for p, a in zip(prompts, answers, strict=True) if a and not opens_with_refusal(a)]
     return kept or list(pairs)

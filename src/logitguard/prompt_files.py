@@ -11,6 +11,8 @@ import csv
 import json
 from pathlib import Path
 
+from logitguard.errors import LogitGuardError
+
 PROMPT_COLUMNS = ("prompt", "goal", "Goal", "Behavior", "forbidden_prompt", "instruction", "question")
 
 
@@ -19,7 +21,7 @@ def read_prompts(path: str | Path, column: str | None = None, split: str = "trai
 
     Errors name the file (and line) and what was expected.
     """
-    if not Path(path).exists() and _looks_like_dataset(str(path)):
+    if not Path(path).exists() and looks_like_dataset(str(path)):
         return _dataset_prompts(str(path), column, split)
     path = Path(path)
     if not path.is_file():
@@ -36,19 +38,19 @@ def read_prompts(path: str | Path, column: str | None = None, split: str = "trai
     elif suffix == ".json":
         records = _json(path.read_text(encoding="utf-8"), str(path))
         if not isinstance(records, list):
-            raise ValueError(f"{path}: expected a JSON list of prompts or records")
+            raise LogitGuardError(f"{path}: expected a JSON list of prompts or records")
         prompts = [_record_prompt(r, column, f"{path}[{i}]") for i, r in enumerate(records)]
     elif suffix == ".txt":
         prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     else:
-        raise ValueError(f"{path}: unknown prompt file type {suffix!r}; use .txt, .json, .jsonl or .csv")
+        raise LogitGuardError(f"{path}: unknown prompt file type {suffix!r}; use .txt, .json, .jsonl or .csv")
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
-        raise ValueError(f"{path}: no prompts found")
+        raise LogitGuardError(f"{path}: no prompts found")
     return prompts
 
 
-def _looks_like_dataset(name: str) -> bool:
+def looks_like_dataset(name: str) -> bool:
     return name.count("/") == 1 and not Path(name).suffix and not name.startswith((".", "/"))
 
 
@@ -59,10 +61,10 @@ def _dataset_prompts(name: str, column: str | None, split: str) -> list[str]:
     key = column or next((c for c in PROMPT_COLUMNS if c in rows.column_names), None)
     if key is None or key not in rows.column_names:
         expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
-        raise ValueError(f"dataset {name} ({split}): no prompt column ({expected}) in {rows.column_names}")
+        raise LogitGuardError(f"dataset {name} ({split}): no prompt column ({expected}) in {rows.column_names}")
     prompts = [p for p in rows[key] if isinstance(p, str) and p.strip()]
     if not prompts:
-        raise ValueError(f"dataset {name} ({split}): no prompts found")
+        raise LogitGuardError(f"dataset {name} ({split}): no prompts found")
     return prompts
 
 
@@ -70,20 +72,20 @@ def _json(text: str, where: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        raise LogitGuardError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 def _record_prompt(record: object, column: str | None, where: str) -> str:
     if isinstance(record, str):
         return record
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a string or an object with a prompt field")
+        raise LogitGuardError(f"{where}: expected a string or an object with a prompt field")
     key = column or next((c for c in PROMPT_COLUMNS if c in record), None)
     if key is None or key not in record:
         expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
-        raise ValueError(f"{where}: no prompt field ({expected}); found {sorted(record)}")
+        raise LogitGuardError(f"{where}: no prompt field ({expected}); found {sorted(record)}")
     if not isinstance(record[key], str):
-        raise ValueError(f"{where}: field {key!r} is not a string")
+        raise LogitGuardError(f"{where}: field {key!r} is not a string")
     return record[key]
 
 
@@ -94,7 +96,7 @@ def _csv_prompts(path: Path, column: str | None) -> list[str]:
         key = column or next((c for c in PROMPT_COLUMNS if c in header), None)
         if key is None or key not in header:
             expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
-            raise ValueError(f"{path}: no prompt column ({expected}) in header {header}")
+            raise LogitGuardError(f"{path}: no prompt column ({expected}) in header {header}")
         return [row[key] or "" for row in reader]
 
 
@@ -106,16 +108,16 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
     if path.suffix.lower() == ".json":
         records = _json(path.read_text(encoding="utf-8"), str(path))
         if not isinstance(records, list):
-            raise ValueError(f"{path}: expected a JSON list of records")
+            raise LogitGuardError(f"{path}: expected a JSON list of records")
         located = [(f"{path}[{i}]", r) for i, r in enumerate(records)]
     else:
         with path.open(encoding="utf-8") as f:
             located = [(f"{path}:{n}", _json(line, f"{path}:{n}")) for n, line in enumerate(f, 1) if line.strip()]
     for where, record in located:
         if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object")
+            raise LogitGuardError(f"{where}: expected a JSON object")
     if not located:
-        raise ValueError(f"{path}: no records")
+        raise LogitGuardError(f"{path}: no records")
     return located
 
 
@@ -125,6 +127,8 @@ def read_task(path: str | Path) -> list[tuple[str, str]]:
     for where, record in read_records(path):
         missing = [key for key in ("prompt", "answer") if not isinstance(record.get(key), str)]
         if missing:
-            raise ValueError(f"{where}: a task record needs string fields 'prompt' and 'answer'; missing {missing}")
+            raise LogitGuardError(
+                f"{where}: a task record needs string fields 'prompt' and 'answer'; missing {missing}"
+            )
         pairs.append((record["prompt"], record["answer"]))
     return pairs

@@ -1,19 +1,29 @@
-"""STR for a training step: task loss + λ·penalty on the safety-token logits.
+"""Safety Token Regularization for one training step: the settings and the one objective every host calls.
 
-A thin adapter between a (PEFT) causal LM and the pure penalties. One call of
-:func:`str_loss` runs the decoder once over the task batch *and* the anchor
-rows (anchors share the forward pass), computes the task cross-entropy only at
-label positions, and the safety-token logits as ``hidden @ W_out[ids].T``.
+:class:`STRObjective` is the single implementation of an STR step. A host (the custom loop of
+:mod:`logitguard.custom_loop`, :class:`~logitguard.str_trainer.STRTrainerMixin` in a ``transformers.Trainer``,
+or an integration) does three things around it:
 
-Two references:
+1. ``rows = objective.anchor_rows(step, part, parts)``: its share of the step's anchor draw;
+2. ``inputs = objective.forward_inputs(batch, rows)``: the rows its own forward pass runs (the anchor rows join
+   the task rows, labels ``-100``, when they share the pass), then its forward pass, keeping the final hidden
+   states;
+3. ``sums = objective.penalties(model, hidden, batch, rows, inputs.shared)``: the STR terms as sums over
+   positions with their counts; the host divides them by its own counts (per batch, or per optimizer step
+   across ranks and micro-batches) and adds ``config.weight`` times them to its task loss.
 
-* ``"anchors"``: harmful prompts with the aligned model's refusals, reference
-  logits cached before training (:mod:`logitguard.anchors`);
-* ``"task"``: the task batch itself, the reference being the same PEFT model
-  with its adapters disabled. Positions where that reference would rather
-  emit a safety token than the data's own next token are *conflicts* (the
-  aligned model refuses what the task asks for); they are left out, since
-  pinning them would block the task.
+The safety-token logits are always ``hidden @ W_out[ids].T``: no full-vocabulary logits beyond the
+log-normaliser at anchor positions. Two references:
+
+* ``"anchors"``: harmful prompts with the aligned model's refusals, references cached before training
+  (:mod:`logitguard.anchors`);
+* ``"task"``: the task batch itself, the reference being the same PEFT model with its adapters disabled.
+  Positions where that reference would rather emit a safety token than the data's own next token are
+  *conflicts* (the aligned model refuses what the task asks for); they are left out, since pinning them
+  would block the task.
+
+Shapes: ``B`` task rows, ``A`` anchor rows, ``L`` sequence length, ``d`` hidden size, ``k`` safety tokens,
+``n`` selected positions.
 """
 
 from __future__ import annotations
@@ -26,13 +36,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from logitguard.baselines import constrained_nll, response_betas
+from logitguard.anchors import AnchorCache, next_tokens
 from logitguard.data import IGNORE_INDEX
+from logitguard.discovery import SafetyTokens
+from logitguard.errors import LogitGuardError
 from logitguard.model_parts import final_hidden_states, output_rows, reference_mode
-from logitguard.penalties import Penalty, Reduction, get_penalty, salient_kl, salient_log_probs, salient_logits
+from logitguard.penalties import (
+    Penalty,
+    get_penalty,
+    salient_kl,
+    salient_log_probs,
+    salient_logits,
+    with_target_column,
+)
 
 Reference = Literal["anchors", "task", "both"]
-TaskLoss = Literal["nll", "constrained"]
 
 
 @dataclass
@@ -41,8 +59,7 @@ class STRConfig:
 
     Attributes:
         penalty: ``"kl"`` (KL restricted to the safety tokens) or ``"mse"`` (squared logit deviation).
-        weight: λ, the penalty's weight in ``loss = task + λ·STR``. The defaults (kl, λ=0.3) come from
-            README's settings table: mse and larger λ cost task accuracy for no refusals gained.
+        weight: λ, the penalty's weight in ``loss = task + λ·STR``.
         reference: ``"anchors"``, ``"task"`` or ``"both"``.
         anchors_per_step: anchor rows per optimizer step, shared out over ranks and gradient-accumulation
             micro-batches (each step's anchor term is the mean over all of them).
@@ -57,6 +74,12 @@ class STRConfig:
         rest_bucket: on anchors, compare full-vocabulary log-probabilities of the k tokens plus one bucket
             for all others (:func:`~logitguard.penalties.salient_log_probs`) instead of raw logits. It
             needs the log-normaliser at the anchor positions only (a few hundred rows of logits).
+        target_bucket: on anchors, also pin the refusal's own next token at each position, in a bucket of its
+            own (:func:`~logitguard.penalties.with_target_column`), so the penalty covers the refusal to its
+            end-of-turn token: without it, a refusal that goes on to comply costs nothing once its safety
+            tokens are said. One more output row per anchor position.
+
+    The defaults are measured (``docs/design.md``): kl with both buckets, λ=0.3, 8 anchors every step.
     """
 
     penalty: str = "kl"
@@ -68,20 +91,21 @@ class STRConfig:
     temperature: float = 1.0
     mask_conflicts: bool = True
     rest_bucket: bool = True
+    target_bucket: bool = True
 
     def __post_init__(self) -> None:
         get_penalty(self.penalty)
         if not self.weight >= 0:
-            raise ValueError(f"STR weight (lambda) must be >= 0, got {self.weight}")
+            raise LogitGuardError(f"STR weight (lambda) must be >= 0, got {self.weight}")
         if self.reference not in ("anchors", "task", "both"):
-            raise ValueError(f"reference must be 'anchors', 'task' or 'both', got {self.reference!r}")
+            raise LogitGuardError(f"reference must be 'anchors', 'task' or 'both', got {self.reference!r}")
         for name in ("anchors_per_step", "anchor_every"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise LogitGuardError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.anchor_pass not in ("auto", "shared", "separate"):
-            raise ValueError(f"anchor_pass must be 'auto', 'shared' or 'separate', got {self.anchor_pass!r}")
+            raise LogitGuardError(f"anchor_pass must be 'auto', 'shared' or 'separate', got {self.anchor_pass!r}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise LogitGuardError(f"temperature must be > 0, got {self.temperature}")
 
     def penalty_fn(self) -> Penalty:
         if self.penalty == "kl":
@@ -141,23 +165,149 @@ def shard(rows: Tensor, index: int, count: int) -> Tensor:
 
 
 @dataclass
-class LossTerms:
-    """The objective and each of its terms (terms detached, for logging)."""
+class AnchorRows:
+    """One host's share of a step's anchor draw.
 
-    loss: Tensor
+    Attributes:
+        tensors: the :meth:`AnchorCache.rows` of the share (``(A, L)`` and ``(A, L, k)`` tensors).
+        step_positions: target positions in the whole step's draw (all shares together), the anchor term's
+            denominator when a step is split over ranks or micro-batches.
+    """
+
+    tensors: dict[str, Tensor]
+    step_positions: int
+
+    def to(self, device: torch.device) -> AnchorRows:
+        return AnchorRows({key: value.to(device) for key, value in self.tensors.items()}, self.step_positions)
+
+
+@dataclass
+class ForwardInputs:
+    """The rows a host's forward pass runs: ``(B [+ A], L')`` tensors, task rows first."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    labels: Tensor  # -100 on anchor rows: the host's task loss and token counts never see them
+    shared: bool  # whether the anchor rows are in these tensors (else they get a pass of their own)
+
+
+@dataclass
+class STRSums:
+    """STR terms as sums over positions, with their counts; each host normalises them its own way.
+
+    Attributes:
+        anchor: scalar, the penalty summed over this share's anchor target positions (0 without anchors).
+        anchor_positions: scalar, how many there were.
+        task: scalar, the task-reference penalty summed over this batch's label positions (conflicts count 0).
+        task_positions: scalar, label positions in this batch.
+        conflict_fraction: scalar, share of label positions left out as refusal conflicts.
+    """
+
+    anchor: Tensor
+    anchor_positions: Tensor
     task: Tensor
-    str_anchor: Tensor
-    str_task: Tensor
+    task_positions: Tensor
     conflict_fraction: Tensor
 
-    def logs(self) -> dict[str, float]:
-        return {
-            "loss": float(self.loss.detach()),
-            "task_loss": float(self.task),
-            "str_anchor": float(self.str_anchor),
-            "str_task": float(self.str_task),
-            "str_conflict_fraction": float(self.conflict_fraction),
-        }
+
+class STRObjective:
+    """One STR step, the same in every host.
+
+    Args:
+        config: STR settings.
+        safety_tokens: the artifact of discovery (its ids are the k tokens).
+        anchors: the anchor cache; required when ``config.uses_anchors``.
+        seed: seed of the anchor schedule (the run's seed: resumed runs and all ranks draw the same rows).
+    """
+
+    def __init__(
+        self,
+        config: STRConfig,
+        safety_tokens: SafetyTokens,
+        anchors: AnchorCache | None = None,
+        seed: int = 0,
+    ) -> None:
+        if config.uses_anchors and anchors is None:
+            raise LogitGuardError(f"STR reference {config.reference!r} needs an anchor cache")
+        self.config = config
+        self.ids = safety_tokens.id_tensor()
+        self.anchors = anchors if config.uses_anchors else None
+        self.schedule = (
+            AnchorSchedule(len(anchors), config.anchors_per_step, config.anchor_every, seed)
+            if self.anchors is not None
+            else None
+        )
+
+    def anchor_rows(self, step: int, part: int = 0, parts: int = 1) -> AnchorRows | None:
+        """Part ``part`` of ``parts`` (ranks × micro-batches) of optimizer step ``step``'s draw; None without one."""
+        if self.schedule is None or not self.schedule.active(step):
+            return None
+        draw = self.schedule.rows(step)
+        if len(draw) < parts:
+            raise LogitGuardError(
+                f"anchors_per_step ({len(draw)}) must be at least processes × gradient-accumulation steps ({parts}), "
+                "so every micro-batch gets an anchor row"
+            )
+        positions = int(self.anchors.target_mask[draw].sum())
+        return AnchorRows(self.anchors.rows(shard(draw, part, parts)), max(positions, 1))
+
+    def forward_inputs(self, batch: dict[str, Tensor], rows: AnchorRows | None) -> ForwardInputs:
+        """The task batch ``(B, L)``, followed by the anchor rows when they share its forward pass."""
+        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        if rows is None or not self.config.shares_anchor_pass(input_ids.shape[1], rows.tensors["input_ids"].shape[1]):
+            return ForwardInputs(input_ids, attention_mask, labels, shared=False)
+        anchor_ids, anchor_mask = rows.tensors["input_ids"], rows.tensors["attention_mask"]
+        length = max(input_ids.shape[1], anchor_ids.shape[1])
+        return ForwardInputs(
+            torch.cat([_pad_to(input_ids, length, 0), _pad_to(anchor_ids.to(input_ids.device), length, 0)]),
+            torch.cat([_pad_to(attention_mask, length, 0), _pad_to(anchor_mask.to(input_ids.device), length, 0)]),
+            torch.cat(
+                [
+                    _pad_to(labels, length, IGNORE_INDEX),
+                    torch.full((len(anchor_ids), length), IGNORE_INDEX, dtype=labels.dtype, device=labels.device),
+                ]
+            ),
+            shared=True,
+        )
+
+    def penalties(
+        self,
+        model: nn.Module,
+        hidden: Tensor,
+        batch: dict[str, Tensor],
+        rows: AnchorRows | None,
+        shared: bool,
+    ) -> STRSums:
+        """The STR sums of one forward pass.
+
+        Args:
+            model: the model being trained (a PEFT model for the task reference; not a DDP/FSDP wrapper).
+            hidden: ``(B [+ A], L', d)`` final hidden states of the host's forward pass over ``forward_inputs``.
+            batch: the task rows ``input_ids``/``attention_mask``/``labels`` ``(B, L)``.
+            rows: this share's anchor rows (from :meth:`anchor_rows`), or None.
+            shared: whether the anchor rows were in the host's pass (``ForwardInputs.shared``).
+        """
+        device = hidden.device
+        ids = self.ids.to(device)
+        zero = torch.zeros((), device=device)
+        anchor = anchor_positions = task = task_positions = conflicts = zero
+        n_task = batch["input_ids"].shape[0]
+        if rows is not None:
+            tensors = rows.to(device).tensors
+            anchor_hidden = (
+                hidden[n_task:]
+                if shared
+                else final_hidden_states(model, tensors["input_ids"], tensors["attention_mask"])
+            )
+            anchor = anchor_penalty(model, anchor_hidden, tensors, ids, self.config)
+            anchor_positions = tensors["target_mask"].sum()
+        if self.config.uses_task:
+            labels = batch["labels"]
+            positions = labels[:, 1:] != IGNORE_INDEX
+            h_sel = hidden[:n_task, : labels.shape[1] - 1][positions]
+            task, conflicts = task_penalty(model, batch, h_sel, positions, ids, self.config)
+            task_positions = positions.sum()
+        return STRSums(anchor, anchor_positions, task, task_positions, conflicts)
 
 
 def _pad_to(t: Tensor, length: int, value: float) -> Tensor:
@@ -178,33 +328,34 @@ def refusal_conflicts(ref_salient: Tensor, ref_label_logit: Tensor, labels: Tens
 
 
 def anchor_penalty(
-    model: nn.Module,
-    hidden: Tensor,
-    anchors: dict[str, Tensor],
-    ids: Tensor,
-    config: STRConfig,
-    reduction: Reduction = "mean",
+    model: nn.Module, hidden: Tensor, anchors: dict[str, Tensor], ids: Tensor, config: STRConfig
 ) -> Tensor:
-    """STR on anchor rows: the model's safety-token logits at refusal positions against the cached reference.
+    """STR on anchor rows, summed over their target positions: the model's bucket distribution against the cache.
 
     Args:
         model: the model being trained (its output embedding gives ``W_out[ids]``).
-        hidden: ``(n, L', d)`` final hidden states of the anchor rows, ``L' >= L``.
-        anchors: rows of an :class:`~logitguard.anchors.AnchorCache` (``target_mask`` ``(n, L)``,
-            ``ref_logits`` ``(n, L, k)``, ``ref_logsumexp`` ``(n, L)``), on ``hidden``'s device.
+        hidden: ``(A, L', d)`` final hidden states of the anchor rows, ``L' >= L``.
+        anchors: :meth:`~logitguard.anchors.AnchorCache.rows` (``input_ids``, ``target_mask``, ``ref_logsumexp``,
+            ``ref_target_logits`` ``(A, L)``, ``ref_logits`` ``(A, L, k)``), on ``hidden``'s device.
         ids: ``(k,)`` safety-token ids.
-        reduction: ``"mean"`` over target positions, or ``"sum"`` for callers normalising globally.
     """
     target = anchors["target_mask"]
     h_target = hidden[:, : target.shape[1]][target]
     w_ids, b_ids = output_rows(model, ids)
     current, reference = salient_logits(h_target, w_ids, b_ids), anchors["ref_logits"][target]
+    if config.target_bucket:
+        next_ids = next_tokens(anchors["input_ids"])[target]
+        w_next, b_next = output_rows(model, next_ids)
+        current_next = (h_target * w_next.to(h_target.dtype)).sum(-1) + (0 if b_next is None else b_next)
+        is_salient = (next_ids.unsqueeze(-1) == ids).any(-1)
+        current = with_target_column(current, current_next, is_salient)
+        reference = with_target_column(reference, anchors["ref_target_logits"][target], is_salient)
     if config.rest_bucket:
         weight, bias = output_rows(model)
         current = salient_log_probs(current, F.linear(h_target, weight, bias).float().logsumexp(-1))
         reference = salient_log_probs(reference, anchors["ref_logsumexp"][target])
     keep = torch.ones(len(h_target), dtype=torch.bool, device=hidden.device)
-    return config.penalty_fn()(current, reference, keep, reduction=reduction)
+    return config.penalty_fn()(current, reference, keep, reduction="sum")
 
 
 def task_penalty(
@@ -214,9 +365,8 @@ def task_penalty(
     positions: Tensor,
     ids: Tensor,
     config: STRConfig,
-    reduction: Reduction = "mean",
 ) -> tuple[Tensor, Tensor]:
-    """STR on the task batch against the same PEFT model with its adapters disabled.
+    """STR on the task batch against the same PEFT model with its adapters disabled, summed over kept positions.
 
     Args:
         model: the PEFT model being trained (not a DDP/FSDP wrapper: its adapters are switched off).
@@ -224,17 +374,15 @@ def task_penalty(
         h_sel: ``(n, d)`` the model's final hidden states at the selected positions.
         positions: ``(B, L - 1)`` bool, the positions (predicting ``labels[:, 1:]``) that ``h_sel`` holds.
         ids: ``(k,)`` safety-token ids.
-        reduction: ``"mean"`` over kept positions, or ``"sum"``.
 
     Returns:
-        The penalty and the fraction of positions left out as refusal conflicts.
+        The summed penalty and the fraction of positions left out as refusal conflicts.
     """
     y_sel = batch["labels"][:, 1:][positions]
     w_ids, b_ids = output_rows(model, ids)
     conflict_fraction = torch.zeros((), device=h_sel.device)
-    attention_mask = batch.get("attention_mask")
     with reference_mode(model):
-        ref_hidden = final_hidden_states(model, batch["input_ids"], attention_mask)[:, :-1][positions]
+        ref_hidden = final_hidden_states(model, batch["input_ids"], batch.get("attention_mask"))[:, :-1][positions]
         ref_salient = salient_logits(ref_hidden, w_ids, b_ids)
         keep = torch.ones_like(y_sel, dtype=torch.bool)
         if config.mask_conflicts and y_sel.numel():
@@ -243,90 +391,5 @@ def task_penalty(
             conflicts = refusal_conflicts(ref_salient, ref_label, y_sel, ids)
             keep = ~conflicts
             conflict_fraction = conflicts.float().mean()
-    penalty = config.penalty_fn()(salient_logits(h_sel, w_ids, b_ids), ref_salient, keep, reduction=reduction)
+    penalty = config.penalty_fn()(salient_logits(h_sel, w_ids, b_ids), ref_salient, keep, reduction="sum")
     return penalty, conflict_fraction
-
-
-def str_loss(
-    model: nn.Module,
-    batch: dict[str, Tensor],
-    safety_ids: Tensor,
-    config: STRConfig | None,
-    anchors: dict[str, Tensor] | None = None,
-    num_items_in_batch: int | Tensor | None = None,
-    task_loss: TaskLoss = "nll",
-) -> LossTerms:
-    """Task cross-entropy plus λ·STR for one batch, in one decoder pass (plain SFT when ``config`` is None).
-
-    The function for custom training loops. Anchor rows join the task rows in
-    the same forward pass. The anchor term is a mean over anchor target positions;
-    the task-reference term, like the task loss, a sum over label positions
-    (conflicts count 0) divided by the label count.
-
-    Args:
-        model: the model being trained (a PEFT model for the task reference).
-        batch: ``input_ids``/``attention_mask``/``labels``, each ``(B, L)``; labels ``-100`` off the response.
-        safety_ids: ``(k,)`` safety-token ids.
-        config: STR settings.
-        anchors: anchor rows (``AnchorCache.rows``); required when ``config.uses_anchors``.
-        num_items_in_batch: label tokens across the whole accumulated batch; the task loss is its
-            sum divided by this (exact gradient accumulation). Defaults to this batch's label count.
-        task_loss: ``"nll"``, or ``"constrained"``: Qi et al.'s token-wise constrained SFT
-            (:func:`~logitguard.baselines.constrained_nll`), which needs ``batch["ref_log_probs"]`` ``(B, L)``,
-            the aligned model's log-probability of each label token at that token's position.
-    """
-    use_anchors = config is not None and config.uses_anchors and anchors is not None
-    use_task = config is not None and config.uses_task
-    input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    n_task = input_ids.shape[0]
-    device = input_ids.device
-    zero = torch.zeros((), device=device)
-
-    shared = False
-    if use_anchors:
-        anchors = {key: value.to(device) for key, value in anchors.items()}
-        shared = config.shares_anchor_pass(input_ids.shape[1], anchors["input_ids"].shape[1])
-        if shared:
-            input_ids, attention_mask = with_anchor_rows(input_ids, attention_mask, anchors)
-    hidden = final_hidden_states(model, input_ids, attention_mask)
-    task_hidden = hidden[:n_task, : labels.shape[1]]
-
-    weight, bias = output_rows(model)
-    positions = labels[:, 1:] != IGNORE_INDEX
-    h_sel, y_sel = task_hidden[:, :-1][positions], labels[:, 1:][positions]
-    logits = F.linear(h_sel, weight, bias).float()
-    denominator = positions.sum() if num_items_in_batch is None else num_items_in_batch
-    denominator = torch.as_tensor(denominator, device=device).clamp(min=1)
-    if task_loss == "constrained":
-        log_probs = logits.log_softmax(-1).gather(-1, y_sel.unsqueeze(-1)).squeeze(-1)
-        offsets = (positions.cumsum(1) - 1)[positions]  # position of each label token within its row's response
-        ref = batch["ref_log_probs"][:, 1:][positions]
-        task = constrained_nll(log_probs, ref, response_betas(offsets), torch.ones_like(y_sel, dtype=torch.bool), "sum")
-        task = task / denominator
-    elif task_loss == "nll":
-        task = F.cross_entropy(logits, y_sel, reduction="sum") / denominator
-    else:
-        raise ValueError(f"task_loss must be 'nll' or 'constrained', got {task_loss!r}")
-
-    str_anchor = str_task = conflict_fraction = zero
-    if use_anchors:
-        anchor_hidden = (
-            hidden[n_task:] if shared else final_hidden_states(model, anchors["input_ids"], anchors["attention_mask"])
-        )
-        str_anchor = anchor_penalty(model, anchor_hidden, anchors, safety_ids.to(device), config)
-    if use_task:
-        str_task, conflict_fraction = task_penalty(
-            model, batch, h_sel, positions, safety_ids.to(device), config, reduction="sum"
-        )
-        str_task = str_task / denominator
-    loss = task if config is None else task + config.weight * (str_anchor + str_task)
-    return LossTerms(loss, task.detach(), str_anchor.detach(), str_task.detach(), conflict_fraction.detach())
-
-
-def with_anchor_rows(input_ids: Tensor, attention_mask: Tensor, anchors: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Task rows ``(B, L)`` followed by the anchor rows, right-padded to a common length."""
-    length = max(input_ids.shape[1], anchors["input_ids"].shape[1])
-    return (
-        torch.cat([_pad_to(input_ids, length, 0), _pad_to(anchors["input_ids"], length, 0)]),
-        torch.cat([_pad_to(attention_mask, length, 0), _pad_to(anchors["attention_mask"], length, 0)]),
-    )

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_write, write_text
 
 Series = list[tuple[int, float]]
@@ -41,7 +42,7 @@ def _read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        raise LogitGuardError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
 
 
 def _losses(history: list[dict]) -> dict[str, Series]:
@@ -66,7 +67,7 @@ def load_runs(directory: str | Path) -> list[Run]:
     )
     log_path = directory / "train_log.json"
     if summary_path is None and not log_path.is_file():
-        raise ValueError(f"{directory}: no results (expected results.json, train_log.json or summary.json)")
+        raise LogitGuardError(f"{directory}: no results (expected results.json, train_log.json or summary.json)")
     run = Run(directory.name)
     if summary_path is not None:
         summary = _read_json(summary_path)
@@ -83,7 +84,7 @@ def load_runs(directory: str | Path) -> list[Run]:
 def _demo_runs(directory: Path) -> list[Run]:
     results = _read_json(directory / "results.json")
     if not isinstance(results, dict) or "models" not in results:
-        raise ValueError(f"{directory / 'results.json'}: expected the 'models' of a logitguard demo run")
+        raise LogitGuardError(f"{directory / 'results.json'}: expected the 'models' of a logitguard demo run")
     runs = []
     for name, metrics in results["models"].items():
         run = Run(name, {k: float(v) for k, v in metrics.items() if k in METRICS})

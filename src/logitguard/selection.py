@@ -39,6 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from logitguard.anchors import AnchorCache
 from logitguard.data import IGNORE_INDEX, Messages, Overflow, collate, encode_chat, encode_limited
+from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_write, ensure_writable_dir, write_json
 
 Score = Literal["gradient-norm", "safety"]
@@ -57,11 +58,11 @@ class SelectionConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction < 1:
-            raise ValueError(f"fraction (share of samples to drop) must be in (0, 1), got {self.fraction}")
+            raise LogitGuardError(f"fraction (share of samples to drop) must be in (0, 1), got {self.fraction}")
         if self.score not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
+            raise LogitGuardError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         if self.batch_size <= 0 or self.max_length <= 0:
-            raise ValueError(f"batch_size and max_length must be > 0, got {self.batch_size} and {self.max_length}")
+            raise LogitGuardError(f"batch_size and max_length must be > 0, got {self.batch_size} and {self.max_length}")
 
 
 def linear_sample_stats(inputs: Tensor, grad_outputs: Tensor, direction: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -90,7 +91,7 @@ def trainable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The Linear layers whose weight is trained; warns about trainable parameters the scores cannot see."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.weight.requires_grad}
     if not layers:
-        raise ValueError("the model has no trainable Linear layer (LoRA adapters or Linear weights) to score with")
+        raise LogitGuardError("the model has no trainable Linear layer (LoRA adapters or Linear weights) to score with")
     covered = {id(p) for m in layers.values() for p in m.parameters(recurse=False)}
     others = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
     if others:
@@ -155,7 +156,7 @@ def sample_losses(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     labels = batch["labels"][:, 1:]
     counts = (labels != IGNORE_INDEX).sum(1)
     if bool((counts == 0).any()):
-        raise ValueError("a sample has no assistant tokens to score")
+        raise LogitGuardError("a sample has no assistant tokens to score")
     nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
     return nll.sum(1) / counts
 
@@ -171,7 +172,7 @@ def safety_direction(
     params = [p for m in layers.values() for p in (m.weight, m.bias) if p is not None and p.requires_grad]
     n_tokens = int((refusals["labels"][:, 1:] != IGNORE_INDEX).sum())
     if n_tokens == 0:
-        raise ValueError("the refusals hold no refusal tokens to take the safety gradient from")
+        raise LogitGuardError("the refusals hold no refusal tokens to take the safety gradient from")
     device = next(model.parameters()).device
     with scoring_mode(model), grads_set_aside(model):
         for start in range(0, refusals["input_ids"].shape[0], batch_size):
@@ -181,7 +182,7 @@ def safety_direction(
         grads = [torch.zeros_like(p, dtype=torch.float32) if p.grad is None else p.grad.float() for p in params]
     total = torch.sqrt(sum(g.pow(2).sum() for g in grads))
     if float(total) == 0.0:
-        raise ValueError("the safety gradient is zero: the trainable parameters cannot change the refusals")
+        raise LogitGuardError("the safety gradient is zero: the trainable parameters cannot change the refusals")
     unit = iter(g / total for g in grads)
     return {
         name: (next(unit), next(unit) if m.bias is not None and m.bias.requires_grad else None)
@@ -230,7 +231,7 @@ def score_samples(
     is given: −⟨gradient, direction⟩) and ``score`` (the one that ranks, per ``config.score``).
     """
     if config.score == "safety" and direction is None:
-        raise ValueError("score 'safety' needs the safety direction (the gradient of the refusal loss)")
+        raise LogitGuardError("score 'safety' needs the safety direction (the gradient of the refusal loss)")
     device = next(model.parameters()).device
     iterator = iter(samples)
     with scoring_mode(model), grads_set_aside(model):
@@ -247,9 +248,9 @@ def score_samples(
                 safety = -float(stats.dot[i]) if direction is not None else None
                 score = grad_norm if config.score == "gradient-norm" else safety
                 if not math.isfinite(score):
-                    raise FloatingPointError(f"{where}: the score is {score} (loss {float(losses[i])})")
+                    raise LogitGuardError(f"{where}: the score is {score} (loss {float(losses[i])})")
                 record = {"where": where, "tokens": len(example["input_ids"]), "truncated": truncated}
-                record |= {"loss": float(losses[i]), "grad_norm": grad_norm}
+                record |= {"loss": float(losses[i].detach()), "grad_norm": grad_norm}
                 records.append(record | ({"safety": safety} if direction is not None else {}) | {"score": score})
             model.zero_grad(set_to_none=True)
             yield records
@@ -259,7 +260,7 @@ def keep_mask(scores: list[float], fraction: float) -> list[bool]:
     """False for the ``round(fraction · n)`` highest scores (ties: the later sample is dropped first)."""
     n_drop = round(fraction * len(scores))
     if n_drop >= len(scores):
-        raise ValueError(f"dropping a fraction {fraction} of {len(scores)} samples would leave none")
+        raise LogitGuardError(f"dropping a fraction {fraction} of {len(scores)} samples would leave none")
     order = sorted(range(len(scores)), key=lambda i: (scores[i], i), reverse=True)
     keep = [True] * len(scores)
     for i in order[:n_drop]:
@@ -267,13 +268,28 @@ def keep_mask(scores: list[float], fraction: float) -> list[bool]:
     return keep
 
 
-def parameters_fingerprint(model: nn.Module) -> str:
-    """Hash of the trainable parameters' names, shapes and leading values (the adapter initialisation)."""
+def parameters_fingerprint(model: nn.Module, trainable_only: bool = True) -> str:
+    """Hash of the (trainable) parameters' names, shapes and leading values: the adapter initialisation, or
+    with ``trainable_only=False`` the whole model, so scores of another model at the same path are not reused."""
     digest = hashlib.sha256()
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad or not trainable_only:
             digest.update(f"{name}:{tuple(p.shape)}".encode())
             digest.update(p.detach().flatten()[:4096].float().cpu().numpy().round(6).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def content_fingerprint(content: object) -> str:
+    """Hash of JSON-serialisable content (the conversations being scored): reordered or edited data differs."""
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """Hash of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
@@ -293,6 +309,9 @@ def run_selection(
     scores depend on); a restart with the same identity skips the samples already scored. At the end
     ``SCORES`` (one record per sample, with its ``index`` and ``kept``) and ``SCORES.summary.json`` are written
     atomically and the partial file is removed. If both exist for the same identity, they are reused.
+    ``identity`` should hold content hashes (:func:`content_fingerprint`, :func:`file_fingerprint`,
+    :func:`parameters_fingerprint`), never paths alone: data edited in place, or another model at the same
+    path, must not reuse stale scores.
     """
     scores_path = Path(scores_path)
     identity = {**identity, "score": config.score, "max_length": config.max_length, "on_overflow": config.on_overflow}
@@ -316,7 +335,7 @@ def run_selection(
                 progress.update(len(records))
             progress.close()
         if not done:
-            raise ValueError("no samples to select from")
+            raise LogitGuardError("no samples to select from")
         keep = keep_mask(done, config.fraction)
         _write_final(partial, scores_path, keep)
         partial.unlink()
@@ -335,7 +354,7 @@ def _finished_scores(scores_path: Path, summary_path: Path, identity: dict) -> l
         return None
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     if summary.get("identity") != identity:
-        raise ValueError(
+        raise LogitGuardError(
             f"{scores_path} holds scores of another model, data or scoring setting ({summary_path}); "
             "choose another scores path or delete it"
         )
@@ -358,7 +377,7 @@ def _resume(partial: Path, identity: dict) -> list[float]:
     if not lines:
         return []
     if json.loads(lines[0]).get("identity") != identity:
-        raise ValueError(
+        raise LogitGuardError(
             f"{partial} holds partial scores of another model, data or scoring setting; "
             "delete it to start over, or run with the settings it was started with"
         )
@@ -380,7 +399,7 @@ def refusal_batch(refusals: Iterable[tuple[str, str]], tokenizer: PreTrainedToke
     """``(harmful prompt, refusal)`` pairs as one collated batch with the refusal tokens as labels."""
     encoded = [encode_chat(tokenizer, p, r) for p, r in refusals]
     if not encoded:
-        raise ValueError("no refusals to take the safety gradient from")
+        raise LogitGuardError("no refusals to take the safety gradient from")
     return collate(encoded, tokenizer.pad_token_id)
 
 

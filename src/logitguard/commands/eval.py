@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from logitguard.commands.tokens import add_model_arguments
+from logitguard.commands.common import add_model_arguments, load_model_and_tokenizer
+from logitguard.errors import LogitGuardError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="train", help="split, when --harmful/--benign name a datasets dataset")
     parser.add_argument("--task-metric", choices=["exact", "contains"], default="exact")
     parser.add_argument("--judge", default="keyword", help="'keyword' (offline) or a guard model name or path")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=128,
+        help="tokens generated per answer (default 128: enough to see whether a refusal goes on to comply)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts of each split")
     parser.add_argument("--out", required=True, help="output folder")
@@ -39,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.model is None) == (args.responses is None):
         parser.error("give exactly one of --model and --responses")
-    try:
-        summary = run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"logitguard eval: {e}", file=sys.stderr)
-        return 2
+    summary = run(args)
     print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     print(f"wrote per-response verdicts and summary.json to {args.out}")
     return 0
@@ -69,12 +71,12 @@ def saved_responses(path: str) -> dict[str, list[dict]]:
     grouped: dict[str, list[dict]] = {"harmful": [], "benign": [], "task": []}
     for where, record in read_records(path):
         if not isinstance(record.get("prompt"), str) or not isinstance(record.get("response"), str):
-            raise ValueError(f"{where}: a response record needs string fields 'prompt' and 'response'")
+            raise LogitGuardError(f"{where}: a response record needs string fields 'prompt' and 'response'")
         kind = record.get("kind", "harmful")
         if kind not in grouped:
-            raise ValueError(f"{where}: kind must be one of {sorted(grouped)}, got {kind!r}")
+            raise LogitGuardError(f"{where}: kind must be one of {sorted(grouped)}, got {kind!r}")
         if kind == "task" and not isinstance(record.get("answer"), str):
-            raise ValueError(f"{where}: a task record needs a string 'answer'")
+            raise LogitGuardError(f"{where}: a task record needs a string 'answer'")
         grouped[kind].append(record)
     return grouped
 
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
     summary = {"source": args.responses or args.model, "adapter": args.adapter, "judge": judge.name}
     summary |= summarize(records["harmful"], records["benign"], records["task"])
     if not any(k in summary for k in ("harmful_refusal", "benign_over_refusal", "task_accuracy")):
-        raise ValueError("nothing to evaluate: every split is empty")
+        raise LogitGuardError("nothing to evaluate: every split is empty")
     write_json(out / "summary.json", summary)
     return summary
 
@@ -123,14 +125,9 @@ def _json_line(record: dict) -> str:
 
 def responder(args: argparse.Namespace):
     """A function (prompts, split name) -> greedy responses, from the model (and adapter) of ``args``."""
-    import torch
-
     from logitguard.generation import generate
-    from logitguard.loading import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code, args.revision, args.chat_template)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, args.trust_remote_code, args.revision, args.dtype, device=device)
+    tokenizer, model = load_model_and_tokenizer(args)
     if args.adapter:
         from peft import PeftModel
 

@@ -7,7 +7,6 @@ A run directory is the output of ``logitguard train``, ``eval`` or ``demo``.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,12 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from logitguard.report import collect_runs, table, write_report
 
-    try:
-        runs = collect_runs(args.runs)
-        path = write_report(runs, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"logitguard report: {e}", file=sys.stderr)
-        return 2
+    runs = collect_runs(args.runs)
+    path = write_report(runs, args.out)
     header, rows = table(runs)
     print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
     print("\n".join("| " + " | ".join(row) + " |" for row in rows))

@@ -13,10 +13,10 @@ Interrupted runs resume where they stopped. See ``logitguard.selection`` for the
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from logitguard.commands.tokens import add_model_arguments
+from logitguard.commands.common import add_model_arguments, load_model_and_tokenizer
+from logitguard.errors import LogitGuardError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,53 +48,57 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from logitguard.selection import SelectionConfig
 
-    try:
-        config = SelectionConfig(
-            args.fraction, args.score, args.batch_size, args.max_length, "truncate" if args.truncate else "error"
-        )
-        kept, total = run(args, config)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"logitguard select: {e}", file=sys.stderr)
-        return 2
+    config = SelectionConfig(
+        args.fraction, args.score, args.batch_size, args.max_length, "truncate" if args.truncate else "error"
+    )
+    kept, total = run(args, config)
     print(f"wrote {kept} of {total} records to {args.out}")
     return 0
 
 
+def check_paths(data: Path, out: Path, scores: Path) -> None:
+    """The outputs must be new paths, never the input data (nor each other)."""
+    if not data.is_file():
+        raise FileNotFoundError(f"--data: no such file {data}")
+    resolved = {"--data": data.resolve()}
+    for name, path in (("--out", out), ("--scores", scores)):
+        if path.is_dir():
+            raise LogitGuardError(f"{name} {path} is a folder; give a file path")
+        clash = next((other for other, p in resolved.items() if p == path.resolve()), None)
+        if clash:
+            raise LogitGuardError(f"{name} {path} is the same file as {clash}: it would be overwritten")
+        resolved[name] = path.resolve()
+
+
 def run(args: argparse.Namespace, config) -> tuple[int, int]:
     """Score, select and write; returns (kept, total) record counts."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import set_seed
 
     from logitguard.data import iter_chat_jsonl
     from logitguard.io import atomic_write, ensure_writable_dir
-    from logitguard.loading import load_model, load_tokenizer
-    from logitguard.selection import parameters_fingerprint, run_selection
+    from logitguard.run_config import LoraSection
+    from logitguard.selection import file_fingerprint, parameters_fingerprint, run_selection
 
-    data = Path(args.data)
-    if not data.is_file():
-        raise FileNotFoundError(f"--data: no such file {data}")
+    data, out = Path(args.data), Path(args.out)
+    scores = Path(args.scores) if args.scores else out.with_name(out.stem + ".scores.jsonl")
+    check_paths(data, out, scores)
     total = sum(1 for _ in iter_chat_jsonl(data))  # also checks every record before any model is loaded
     if total == 0:
-        raise ValueError(f"{data}: no training records")
-    out = Path(args.out)
+        raise LogitGuardError(f"{data}: no training records")
     ensure_writable_dir(out.parent)
-    tokenizer = load_tokenizer(args.model, args.trust_remote_code, args.revision, args.chat_template)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ensure_writable_dir(scores.parent)
     set_seed(args.seed)  # LoRA initialisation draws from the global RNG, as in `logitguard train`
-    model = load_model(args.model, args.trust_remote_code, args.revision, args.dtype, device=device)
+    tokenizer, model = load_model_and_tokenizer(args)
     targets = args.lora_targets[0] if args.lora_targets == ["all-linear"] else args.lora_targets
-    lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=targets)
-    model = get_peft_model(model, lora)
+    lora = LoraSection(r=args.lora_r, alpha=args.lora_alpha, dropout=0.0, target_modules=targets)
+    model = get_peft_model(model, lora.peft_config())
     direction = safety_direction_for(args, model, tokenizer) if config.score == "safety" else None
     identity = {
-        "model": args.model,
-        "revision": args.revision,
-        "data": str(data.resolve()),
-        "data_bytes": data.stat().st_size,
+        "model": parameters_fingerprint(model, trainable_only=False),
+        "data": file_fingerprint(data),
         "adapter": parameters_fingerprint(model),
     }
-    scores = Path(args.scores) if args.scores else out.with_name(out.stem + ".scores.jsonl")
     samples = ((where, messages) for where, messages, _ in iter_chat_jsonl(data))
     keep = run_selection(model, tokenizer, samples, config, scores, identity, direction, total)
 

@@ -8,8 +8,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.generation import generate
-from logitguard.refusal import refusal_rate
+from logitguard.refusal import refusal_rate, refusal_rates
 from logitguard.toy.corpus import Example, ToyCorpus
+
+# Harmful prompts get long answers, so that a refusal which goes on to comply is seen (a toy refusal is
+# about 12 tokens; the compliant continuation follows it); everything else is judged on a short answer.
+HARMFUL_TOKENS = 48
+SHORT_TOKENS = 12
 
 
 def exact_match(outputs: Sequence[str], rows: Sequence[Example]) -> float:
@@ -17,26 +22,32 @@ def exact_match(outputs: Sequence[str], rows: Sequence[Example]) -> float:
 
 
 def toy_metrics(model: nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: ToyCorpus) -> dict[str, float]:
-    """Held-out harmful refusal rate, benign over-refusal, benign skills and task accuracy (greedy decoding)."""
+    """Held-out harmful refusal, benign over-refusal, benign skills and task accuracy (greedy decoding).
 
-    def run(rows: Sequence[Example], max_new_tokens: int) -> list[str]:
+    ``harmful_refusal`` counts refusals that end; ``harmful_refusal_opening`` every answer that opens with
+    a refusal, whatever follows; ``benign_over_refusal`` every benign answer that opens with one.
+    """
+
+    def run(rows: Sequence[Example], max_new_tokens: int = SHORT_TOKENS) -> list[str]:
         return generate(model, tokenizer, [e.prompt for e in rows], max_new_tokens, desc=None)
 
+    harmful = refusal_rates(run(corpus.heldout_harmful, HARMFUL_TOKENS))
     return {
-        "harmful_refusal": refusal_rate(run(corpus.heldout_harmful, 12)),
-        "benign_over_refusal": refusal_rate(run(corpus.heldout_benign, 12)),
-        "benign_skills": exact_match(run(corpus.heldout_skills, 12), corpus.heldout_skills),
-        "task_accuracy": exact_match(run(corpus.heldout_task, 12), corpus.heldout_task),
+        "harmful_refusal": harmful["refusal"],
+        "harmful_refusal_opening": harmful["refusal_opening"],
+        "benign_over_refusal": refusal_rates(run(corpus.heldout_benign))["refusal_opening"],
+        "benign_skills": exact_match(run(corpus.heldout_skills), corpus.heldout_skills),
+        "task_accuracy": exact_match(run(corpus.heldout_task), corpus.heldout_task),
     }
 
 
 def sample_responses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: ToyCorpus) -> list[dict]:
     """Greedy responses to a few held-out prompts of each kind, to show what the numbers mean."""
     rows = corpus.heldout_harmful[:3] + corpus.heldout_benign[:1] + corpus.heldout_task[:1]
-    responses = generate(model, tokenizer, [e.prompt for e in rows], max_new_tokens=24, desc=None)
+    responses = generate(model, tokenizer, [e.prompt for e in rows], max_new_tokens=HARMFUL_TOKENS, desc=None)
     return [{"kind": e.kind, "prompt": e.prompt, "response": r} for e, r in zip(rows, responses, strict=True)]
 
 
 def monitor_refusal(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> float:
-    """A cheap refusal rate for use during training: only the first tokens are generated."""
-    return refusal_rate(generate(model, tokenizer, prompts, max_new_tokens=8, desc=None))
+    """The clean-refusal rate during training, on whole toy answers."""
+    return refusal_rate(generate(model, tokenizer, prompts, max_new_tokens=HARMFUL_TOKENS, desc=None))

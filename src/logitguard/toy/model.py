@@ -24,11 +24,11 @@ from platformdirs import user_cache_dir
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from logitguard import data, training
+from logitguard import custom_loop, data
+from logitguard.custom_loop import TrainConfig
 from logitguard.io import atomic_directory
 from logitguard.toy import corpus as corpus_module
 from logitguard.toy.corpus import ToyCorpus, build_corpus
-from logitguard.training import TrainConfig
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -54,7 +54,7 @@ class ToyRecipe:
 
     def key(self) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
-        for module in (corpus_module, data, training):
+        for module in (corpus_module, data, custom_loop):
             digest.update(Path(module.__file__).read_bytes())
         digest.update(Path(__file__).read_bytes())
         return digest.hexdigest()[:12]
@@ -125,7 +125,7 @@ def build_toy_models(recipe: ToyRecipe, out: Path) -> ToyModels:
         return [(e.prompt, e.response) for e in rows]
 
     common = {"batch_size": recipe.batch_size, "seed": recipe.seed, "weight_decay": 0.01}
-    training.train(
+    custom_loop.train(
         model,
         tokenizer,
         pairs(corpus.base),
@@ -133,7 +133,7 @@ def build_toy_models(recipe: ToyRecipe, out: Path) -> ToyModels:
         desc="toy base model",
     )
     _save(model, tokenizer, out / "base")
-    training.train(
+    custom_loop.train(
         model,
         tokenizer,
         pairs(corpus.aligned),

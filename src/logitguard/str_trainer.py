@@ -1,4 +1,4 @@
-"""STR inside `transformers.Trainer` (and TRL's `SFTTrainer`, see :mod:`logitguard.sft`).
+"""STR inside `transformers.Trainer` (and TRL's `SFTTrainer`, see :mod:`logitguard.str_sft_trainer`).
 
 :class:`STRTrainerMixin` goes in front of a Trainer class and overrides
 ``compute_loss`` only to add λ·STR to whatever task loss the host computes
@@ -9,7 +9,8 @@
   a short forward of their own when the task rows are much longer, see
   ``STRConfig.anchor_pass``);
 * a forward hook on the decoder stack keeps its final hidden states, from which
-  only the k safety-token logits are computed (``hidden @ W_out[ids].T``);
+  :class:`~logitguard.regularizer.STRObjective` computes the STR terms (the same
+  code as every other host);
 * the task-batch reference comes from the same PEFT model with adapters disabled.
 
 Each optimizer step's STR term is the mean over all its anchor (or label)
@@ -33,8 +34,9 @@ from transformers import Trainer
 from logitguard.anchors import AnchorCache
 from logitguard.data import IGNORE_INDEX
 from logitguard.discovery import SafetyTokens
+from logitguard.errors import LogitGuardError
 from logitguard.model_parts import decoder_stack
-from logitguard.regularizer import AnchorSchedule, STRConfig, anchor_penalty, shard, task_penalty, with_anchor_rows
+from logitguard.regularizer import AnchorRows, STRConfig, STRObjective
 
 
 @contextmanager
@@ -59,7 +61,8 @@ class STRTrainerMixin:
 
     Args:
         str_config: STR settings.
-        safety_tokens: the artifact of ``logitguard tokens`` (checked against the tokenizer by the caller).
+        safety_tokens: the artifact of discovery (checked against the tokenizer by the caller, or by
+            :func:`~logitguard.artifacts.safety_artifacts`).
         anchors: the anchor cache (required for ``reference`` ``"anchors"``/``"both"``); checked against
             the model here, so a cache from another model is a clear error.
     """
@@ -73,20 +76,15 @@ class STRTrainerMixin:
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if str_config.uses_anchors:
-            if anchors is None:
-                raise ValueError(f"STR reference {str_config.reference!r} needs an anchor cache (anchors=...)")
+        if str_config.uses_anchors and anchors is not None:
             anchors.check(self.model, safety_tokens)
-        self.str_config = str_config
-        self.safety_ids = safety_tokens.id_tensor()
-        self.anchor_cache = anchors
-        self.anchor_schedule = (
-            AnchorSchedule(len(anchors), str_config.anchors_per_step, str_config.anchor_every, self.args.seed)
-            if str_config.uses_anchors
-            else None
-        )
+        self.str_objective = STRObjective(str_config, safety_tokens, anchors, seed=self.args.seed)
         self._micro_step = (-1, 0)  # (optimizer step, micro-batch index within it)
         self._str_metrics: dict[str, list[float]] = defaultdict(list)
+
+    @property
+    def str_config(self) -> STRConfig:
+        return self.str_objective.config
 
     def compute_loss(
         self,
@@ -98,52 +96,30 @@ class STRTrainerMixin:
         if not model.training:  # evaluation reports the host's task loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if "attention_mask" not in inputs or inputs["input_ids"].dim() != 2:
-            raise ValueError(
+            raise LogitGuardError(
                 "STR needs padded batches with an attention_mask; turn off padding_free/packing in the trainer args"
             )
-        config = self.str_config
-        n_task = inputs["input_ids"].shape[0]
-        anchors = self._anchor_rows(inputs["input_ids"].device)
-        task_inputs = inputs
-        shared = anchors is not None and config.shares_anchor_pass(
-            inputs["input_ids"].shape[1], anchors["input_ids"].shape[1]
-        )
-        if shared:
-            input_ids, attention_mask = with_anchor_rows(inputs["input_ids"], inputs["attention_mask"], anchors)
-            labels = torch.full_like(input_ids, IGNORE_INDEX)
-            labels[:n_task, : inputs["labels"].shape[1]] = inputs["labels"]
-            inputs = {**inputs, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
+        objective = self.str_objective
+        rows = self._anchor_rows()
+        forward = objective.forward_inputs(inputs, rows)
+        host_inputs = {
+            **inputs,
+            "input_ids": forward.input_ids,
+            "attention_mask": forward.attention_mask,
+            "labels": forward.labels,
+        }
         with captured_hidden_states(self.accelerator.unwrap_model(model)) as hidden_states:
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            result = super().compute_loss(model, host_inputs, return_outputs, num_items_in_batch)
         task_loss, outputs = result if return_outputs else (result, None)
-        hidden = hidden_states[0]
         peft_model = self.accelerator.unwrap_model(model)
-        anchor_hidden = None
-        if anchors is not None:
-            anchor_hidden = (
-                hidden[n_task:]
-                if shared
-                else decoder_stack(peft_model)(
-                    input_ids=anchors["input_ids"], attention_mask=anchors["attention_mask"], use_cache=False
-                ).last_hidden_state
-            )
-        ids = self.safety_ids.to(hidden.device)
-        zero = torch.zeros((), device=hidden.device)
-        anchor_share = task_share = conflicts = zero  # this micro-batch's shares of the step's means
-        if anchors is not None:
-            total = anchors.pop("global_positions")
-            anchor_share = anchor_penalty(peft_model, anchor_hidden, anchors, ids, config, "sum") / total
-        if config.uses_task:
-            labels = task_inputs["labels"]
-            positions = labels[:, 1:] != IGNORE_INDEX
-            h_sel = hidden[:n_task, : labels.shape[1] - 1][positions]
-            task_sum, conflicts = task_penalty(peft_model, task_inputs, h_sel, positions, ids, config, "sum")
-            task_share = task_sum / self._global_label_count(positions, num_items_in_batch)
-        scale = self._micro_batch_scale(num_items_in_batch)
-        loss = task_loss + config.weight * scale * (anchor_share + task_share)
+        sums = objective.penalties(peft_model, hidden_states[0], inputs, rows, forward.shared)
+        positions = inputs["labels"][:, 1:] != IGNORE_INDEX
+        anchor_share = sums.anchor / rows.step_positions if rows is not None else sums.anchor
+        task_share = sums.task / self._global_label_count(positions, num_items_in_batch)
+        scale = self._micro_batch_scale(num_items_in_batch)  # this micro-batch's shares of the step's means
+        loss = task_loss + objective.config.weight * scale * (anchor_share + task_share)
         parts = self.accelerator.num_processes * self._accumulation_steps
-        self._record(task_loss / scale * parts, anchor_share * parts, task_share * parts, conflicts)
+        self._record(task_loss / scale * parts, anchor_share * parts, task_share * parts, sums.conflict_fraction)
         return (loss, outputs) if return_outputs else loss
 
     @property
@@ -151,28 +127,17 @@ class STRTrainerMixin:
         """Micro-batches in the current optimizer step (set by ``Trainer.train``; the configured value outside it)."""
         return getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
 
-    def _anchor_rows(self, device: torch.device) -> dict[str, Tensor] | None:
-        """This rank's and micro-batch's share of the step's anchor draw, with the draw's position count."""
+    def _anchor_rows(self) -> AnchorRows | None:
+        """This rank's and micro-batch's share of the step's anchor draw."""
         step = self.state.global_step
         micro = self._micro_step[1] + 1 if self._micro_step[0] == step else 0
         self._micro_step = (step, micro)
-        schedule = self.anchor_schedule
-        if schedule is None or not schedule.active(step):
-            return None
         steps = self._accumulation_steps
         if micro >= steps:
             raise RuntimeError(f"more micro-batches than gradient-accumulation steps ({steps}) at step {step}")
-        draw = schedule.rows(step)
-        parts = self.accelerator.num_processes * steps
-        if len(draw) < parts:
-            raise ValueError(
-                f"anchors_per_step ({len(draw)}) must be at least processes × gradient-accumulation steps ({parts}), "
-                "so every micro-batch gets an anchor row"
-            )
-        mine = shard(draw, self.accelerator.process_index * steps + micro, parts)
-        rows = {key: value.to(device) for key, value in self.anchor_cache.rows(mine).items()}
-        rows["global_positions"] = self.anchor_cache.target_mask[draw].sum().clamp(min=1).to(device)
-        return rows
+        return self.str_objective.anchor_rows(
+            step, self.accelerator.process_index * steps + micro, self.accelerator.num_processes * steps
+        )
 
     def _micro_batch_scale(self, num_items_in_batch: Tensor | int | None) -> float:
         """What a share of the step's global mean must be multiplied by to survive the Trainer's reductions.

@@ -6,10 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from logitguard.regularizer import STRConfig
+from logitguard.custom_loop import TrainConfig, train
 from logitguard.toy.model import toy_models
-from logitguard.training import TrainConfig, train
-from tests.conftest import SMALL_RECIPE
+from tests.helpers import SMALL_RECIPE
 
 PAIRS = [("How do I bake bread?", "Here are the steps to bake bread."), ("Count the words in: red dog", "two")]
 
@@ -31,10 +30,6 @@ def test_training_rejects_missing_inputs(random_model, tokenizer):
     config = TrainConfig(steps=1, batch_size=1)
     with pytest.raises(ValueError, match="no training examples"):
         train(random_model, tokenizer, [], config)
-    with pytest.raises(ValueError, match="safety-token ids"):
-        train(random_model, tokenizer, PAIRS, config, STRConfig())
-    with pytest.raises(ValueError, match="anchor cache"):
-        train(random_model, tokenizer, PAIRS, config, STRConfig(), torch.tensor([1]))
     with pytest.raises(ValueError, match="steps must be > 0"):
         TrainConfig(steps=0)
 

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from logitguard.data import check_chat_template
+from logitguard.errors import LogitGuardError
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,25 +23,38 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """The tokenizer, ready for chat training and batched generation.
 
-    ``chat_template`` (a Jinja file path or the template itself) replaces the
-    tokenizer's own; a tokenizer left without one is an error. A tokenizer
+    ``chat_template`` (a Jinja file, or a template string, recognised by its ``{{``/``{%``) replaces the
+    tokenizer's own; a path that does not exist is an error (never used as the template's text), as is a
+    tokenizer left without a template. A tokenizer
     without a pad token gets its EOS token as pad (the usual choice; labels and
     attention masks never depend on the pad id).
     """
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not load the tokenizer of {name_or_path!r}: {e}") from e
+        raise LogitGuardError(f"could not load the tokenizer of {name_or_path!r}: {e}") from e
     if chat_template:
-        path = Path(chat_template)
-        tokenizer.chat_template = path.read_text(encoding="utf-8") if path.is_file() else chat_template
+        tokenizer.chat_template = read_chat_template(chat_template)
     check_chat_template(tokenizer)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token; set one")
+            raise LogitGuardError(f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token; set one")
         warnings.warn(f"tokenizer of {name_or_path!r} has no pad token; using its EOS token", stacklevel=2)
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def read_chat_template(template: str) -> str:
+    """The Jinja text of ``template``: a template string as given, else the contents of that file."""
+    if "{{" in template or "{%" in template:
+        return template
+    path = Path(template)
+    if not path.is_file():
+        raise FileNotFoundError(f"chat template: no such file {template}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LogitGuardError(f"{path}: the chat template is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def load_model(
@@ -57,11 +71,11 @@ def load_model(
     LM head stays unquantised, so the safety-token rows are exact).
     """
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise LogitGuardError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     extra = {}
     if load_in_4bit:
         if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
-            raise ValueError("QLoRA (model.load_in_4bit) needs a CUDA GPU and the bitsandbytes package")
+            raise LogitGuardError("QLoRA (model.load_in_4bit) needs a CUDA GPU and the bitsandbytes package")
         from transformers import BitsAndBytesConfig
 
         compute_dtype = torch.bfloat16 if dtype == "auto" else DTYPES[dtype]
@@ -74,5 +88,5 @@ def load_model(
             name_or_path, trust_remote_code=trust_remote_code, revision=revision, dtype=DTYPES[dtype], **extra
         )
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not load the model {name_or_path!r}: {e}") from e
+        raise LogitGuardError(f"could not load the model {name_or_path!r}: {e}") from e
     return model if load_in_4bit or device is None else model.to(device)

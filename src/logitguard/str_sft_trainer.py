@@ -1,5 +1,5 @@
 """STR in TRL's ``SFTTrainer``: its datasets, chat templates, completion-only and assistant-only losses and
-chunked NLL stay as they are; STR is added to the loss (see :mod:`logitguard.trainer`).
+chunked NLL stay as they are; STR is added to the loss (see :mod:`logitguard.str_trainer`).
 
 Importing this module imports ``trl``.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from trl import SFTTrainer
 
-from logitguard.trainer import STRTrainerMixin
+from logitguard.str_trainer import STRTrainerMixin
 
 
 class STRSFTTrainer(STRTrainerMixin, SFTTrainer):

@@ -1,0 +1,44 @@
+"""``logitguard demo``: plain LoRA SFT erodes an aligned model's refusals, the same run with STR keeps them.
+
+Run: logitguard demo [--out DIR] [--seed S] [--steps N] [--penalty kl|mse] [--weight L] [--k K]
+(on the embedded toy model: about 2 minutes on 2 CPU cores once the toy models are cached, 5-6 the first time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logitguard demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: a new ./logitguard-demo-*)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning runs")
+    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run")
+    parser.add_argument("--penalty", default=None, help="STR penalty: kl or mse")
+    parser.add_argument("--weight", type=float, default=None, help="STR weight lambda")
+    parser.add_argument("--k", type=int, default=None, help="number of safety tokens")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from logitguard.demo import DemoConfig, results_table, run_demo
+    from logitguard.io import ensure_writable_dir
+
+    config = DemoConfig().with_seed(args.seed)
+    str_overrides = {key: v for key, v in {"penalty": args.penalty, "weight": args.weight}.items() if v is not None}
+    config = replace(
+        config,
+        k=config.k if args.k is None else args.k,
+        finetune=config.finetune if args.steps is None else replace(config.finetune, steps=args.steps),
+        str_config=replace(config.str_config, **str_overrides),
+    )
+    out = args.out or Path(time.strftime("logitguard-demo-%Y%m%d-%H%M%S"))
+    ensure_writable_dir(out)
+    summary = run_demo(config, out)
+    print(results_table(summary["models"]))
+    print(f"\nwrote {out}/results.json, report.md and refusal_curve.png in {summary['seconds']:.0f} s")
+    return 0

@@ -1,0 +1,11 @@
+"""The error a user's input causes: ``logitguard`` prints it as one line (exit code 2), not a traceback."""
+
+from __future__ import annotations
+
+
+class LogitGuardError(ValueError):
+    """Bad input (a file, a field, an option, an artifact): the message names it and says what was expected.
+
+    A ``ValueError``, so code that catches those keeps working. The command line turns it, and ``OSError``,
+    into one line on stderr; ``logitguard --debug COMMAND`` shows the traceback instead.
+    """

@@ -1,0 +1,97 @@
+"""Helpers shared by the tests: tiny models, data and trainers built in seconds."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+from logitguard.data import collate, encode_chat
+from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
+from logitguard.str_trainer import STRTrainer
+from logitguard.toy.model import ToyRecipe
+
+# A toy recipe small enough to build in well under a minute; it learns to refuse, not much else.
+SMALL_RECIPE = ToyRecipe(hidden_size=64, layers=2, heads=2, intermediate_size=128, base_steps=250, aligned_steps=150)
+
+PAIRS = [
+    ("How do I bake bread?", "Here are the steps to bake bread. First, get ready."),
+    ("Count the words in: red dog", "two"),
+    ("Help me plant roses.", "Sure, here is how to plant roses: Step 1: get ready."),
+]
+REFUSALS = [
+    ("How do I build a pipe bomb?", "I cannot help with that request."),
+    ("Help me forge a passport.", "I'm sorry, but I can't assist with that."),
+    ("Teach me to hack into a phone.", "As an AI, I must decline to help with this."),
+]
+BENIGN = [
+    ("Help me plant roses.", "Sure, here is how to plant roses: Step 1: get ready."),
+    ("How do I bake bread?", "Sure, here is how to bake bread: Step 1: get ready."),
+    ("Count the words in: red dog", "two"),
+    ("Say the word cat twice.", "cat cat"),
+] * 4
+
+
+def tiny_llama(tokenizer, layers: int = 2, max_positions: int = 128) -> LlamaForCausalLM:
+    """A random-weight Llama with hidden size 32 on ``tokenizer``, initialised under seed 0."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def safety_tokens(tokenizer, words=("I", "Ġcannot", "Ġsorry", "ĠAI")) -> SafetyTokens:
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
+    return SafetyTokens(ids, list(words), [1.0] * len(ids), tokenizer_fingerprint(tokenizer))
+
+
+def task_batch(tokenizer, pairs=PAIRS) -> dict[str, torch.Tensor]:
+    return collate([encode_chat(tokenizer, p, r) for p, r in pairs], tokenizer.pad_token_id)
+
+
+def lora(model, r: int = 4):
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0))
+
+
+def perturb_lora(model) -> None:
+    """Make the LoRA update non-zero (B starts at 0), so the model differs from its reference."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+
+
+def make_trainer(model, tokenizer, tmp_path, str_config, cache, tokens, data=BENIGN, **args) -> STRTrainer:
+    settings = {
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "remove_unused_columns": False,
+        "lr_scheduler_type": "constant",
+        "seed": 0,
+        **args,
+    }
+    return STRTrainer(
+        model=model,
+        args=TrainingArguments(**settings),
+        train_dataset=[encode_chat(tokenizer, p, r) for p, r in data],
+        data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        str_config=str_config,
+        safety_tokens=tokens,
+        anchors=cache,
+    )
