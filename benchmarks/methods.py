@@ -10,7 +10,9 @@ Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ... | --str-se
 table: ``--str-settings --scenarios benign --jobs 2 --out benchmarks/results/str_settings.json``).
 
 Every run trains through ``transformers.Trainer`` with ``STRTrainer`` (or the peer's own trainer), as a user's run
-does (``logitguard.experiment.finetune``). Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs
+does (``logitguard.experiment.finetune``).
+
+Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs
 mixed in (harmful fine-tuning, where defences differ most). Each run happens in a fresh process so its peak memory
 (RSS) is its own; time per step is the median over the run. ``--jobs N`` runs N at once with ``cpu_count // N``
 threads each (times stay comparable within one invocation, but not with a ``--jobs 1`` run). Selection methods

@@ -16,8 +16,8 @@ import yaml
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 
-from logitguard.cli import main
 from logitguard.anchors import AnchorCache
+from logitguard.cli import main
 from logitguard.discovery import SafetyTokens
 from logitguard.run_config import load_run_config
 from tests.helpers import tiny_llama
