@@ -2,8 +2,8 @@
 path, over several seeds.
 
 Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ... | --str-settings] [--scenarios NAME ...]
-                                  [--jobs 2] [--out FILE] [--update]
-     python benchmarks/methods.py --table benchmarks/results/methods.json   (the tables of an earlier run)
+                                  [--jobs 2] [--out FILE] [--update | --resume]
+     python benchmarks/methods.py --table [--out FILE]   (the tables of the committed results)
 (about 2 minutes per run on 2 CPU cores; the peers × 2 scenarios × 3 seeds are about 2.5 hours with --jobs 1;
 ``--resume`` continues an interrupted invocation, running only what ``--out`` does not hold yet).
 ``--str-settings`` runs plain SFT, STR's default and each STR setting that changes one default (README's settings
@@ -27,38 +27,14 @@ interrupted benchmark keeps what it finished.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
-import os
 import resource
-import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, is_dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from logitguard.regularizer import STRConfig
-from logitguard.selection import SelectionConfig
+from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, print_tables, run_all, selection_outcome
 
-DEFAULT_STR = STRConfig()
-KL_BASELINE = STRConfig(penalty="kl", weight=1.0, reference="task", mask_conflicts=False, rest_bucket=False)
-DROP_BY_NORM = SelectionConfig(0.1, "gradient-norm", batch_size=16)
-DROP_BY_SAFETY = SelectionConfig(0.1, "safety", batch_size=16)
-METHODS: dict[str, dict] = {
-    "sft": {},
-    "str (anchors, default)": {"str": DEFAULT_STR},
-    "str (task reference)": {"str": replace(DEFAULT_STR, reference="task")},
-    "str (anchors + task)": {"str": replace(DEFAULT_STR, reference="both")},
-    "full-vocabulary KL (λ=1)": {"str": KL_BASELINE, "all_tokens": True},
-    "PACT-style restricted KL (λ=1, T=2)": {"str": replace(KL_BASELINE, temperature=2.0)},
-    "constrained SFT (Qi et al.)": {"constrained": True},
-    "SafeInstr (+3% refusals)": {"safety_fraction": 0.03},
-    "selection (drop 10%, gradient norm)": {"selection": DROP_BY_NORM},
-    "selection (drop 10%, safety score)": {"selection": DROP_BY_SAFETY},
-    "selection (gradient norm) + str": {"selection": DROP_BY_NORM, "str": DEFAULT_STR},
-    "selection (safety score) + str": {"selection": DROP_BY_SAFETY, "str": DEFAULT_STR},
-}
 STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str (anchors, default)"
     "str, λ=0.1": {"str": replace(DEFAULT_STR, weight=0.1)},
     "str, λ=1": {"str": replace(DEFAULT_STR, weight=1.0)},
@@ -77,9 +53,14 @@ STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str 
     },
 }
 ROWS = METHODS | STR_SETTINGS  # every row the benchmark can run
-SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
-METRICS = ("harmful_refusal", "harmful_refusal_opening", "benign_over_refusal", "benign_skills", "task_accuracy")
-SELECTION_METRICS = ("dropped_harmful",)
+METRICS = {
+    "harmful_refusal": ("harmful refusal", True),
+    "harmful_refusal_opening": ("refusal opening only", True),
+    "benign_over_refusal": ("over-refusal", True),
+    "benign_skills": ("benign skills", True),
+    "task_accuracy": ("task accuracy", True),
+}
+RESULTS = Path(__file__).parent / "results"
 
 
 def artifacts_key(spec: dict, default_k: int) -> str:
@@ -116,26 +97,13 @@ def run_dir(out: str | Path, method: str, scenario: str, seed: int) -> Path:
     return Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(ROWS).index(method)}-seed{seed}"
 
 
-def select(model, examples: list, harmful: list, selection: SelectionConfig, setup, folder: Path) -> tuple:
-    """Score ``examples`` on ``model`` (the fresh adapter about to be trained); the kept ones and the cost."""
-    from logitguard.demo import select_examples
-
-    start = time.perf_counter()
-    keep = select_examples(model, setup, examples, selection, folder / "selection" / "scores.jsonl", {})
-    seconds = time.perf_counter() - start
-    harmful = set(harmful)
-    mixed_in = [k for e, k in zip(examples, keep, strict=True) if e in harmful]
-    dropped = {"dropped_harmful": sum(not k for k in mixed_in) / len(mixed_in)} if mixed_in else {}
-    return [e for e, k in zip(examples, keep, strict=True) if k], {"selection_s": seconds, **dropped}
-
-
-def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads: int) -> dict:
+def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out: str) -> dict:
     """One fine-tuning run in this (fresh) process, through STRTrainer: its metrics, step time and peak RSS."""
     import torch
 
     from logitguard.anchors import AnchorCache
     from logitguard.baselines import full_vocabulary_tokens, mix_safety_examples
-    from logitguard.demo import DemoConfig, DemoSetup
+    from logitguard.demo import DemoConfig, DemoSetup, select_examples
     from logitguard.discovery import SafetyTokens
     from logitguard.experiment import finetune, lora_model
     from logitguard.toy.setting import ToySetting
@@ -154,10 +122,12 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads
     folder = run_dir(out, method, scenario, seed)
     model = lora_model(setting, tune)
     cost = {}
-    if "selection" in spec:
+    if "selection" in spec:  # scored on the very adapter about to be trained
         cost["epoch_steps"] = len(examples) / tune.batch_size
-        examples, selected = select(model, examples, harmful, spec["selection"], setup, folder)
-        cost |= selected
+        start = time.perf_counter()
+        keep = select_examples(model, setup, examples, spec["selection"], folder / "selection" / "scores.jsonl", {})
+        cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful)}
+        examples = [e for e, k in zip(examples, keep, strict=True) if k]
     if spec.get("all_tokens"):
         tokens = full_vocabulary_tokens(setting.tokenizer)
     result = finetune(
@@ -175,89 +145,18 @@ def run_one(method: str, scenario: str, seed: int, steps: int, out: str, threads
     return {**result["metrics"], **cost, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def cell(values: list[float], percent: bool = True) -> str:
-    if not values:
-        return "—"
-    mean, std = statistics.mean(values), statistics.pstdev(values)
-    return f"{100 * mean:.1f} ± {100 * std:.1f}%" if percent else f"{mean:.2f} ± {std:.2f}"
-
-
-def summarize(rows: list[dict], steps: int) -> tuple[list[dict], list[str]]:
-    """Per method and scenario: the JSON summary objects and the markdown table lines."""
-    summary, lines = [], []
-    for scenario in SCENARIOS:
-        scenario_rows = [r for r in rows if r["scenario"] == scenario]
-        if not scenario_rows:
-            continue
-        seeds = sorted({r["seed"] for r in scenario_rows})
-        lines += [f"\n{scenario}: seeds {seeds}, {steps} steps, mean ± std\n"]
-        header = ["method", "seeds", "harmful refusal", "refusal opening only", "over-refusal", "benign skills"]
-        header += ["task accuracy", "× SFT time", "× SFT memory"]
-        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-        sft = {r["seed"]: r for r in scenario_rows if r["method"] == "sft"}
-        for method in ROWS:
-            runs = [r for r in scenario_rows if r["method"] == method]
-            if not runs:
-                continue
-            paired = [r for r in runs if r["seed"] in sft]
-            values = {key: [r[key] for r in runs if key in r] for key in (*METRICS, *SELECTION_METRICS)}
-            values["time_vs_sft"] = [r["step_time_ms"] / sft[r["seed"]]["step_time_ms"] for r in paired]
-            values["memory_vs_sft"] = [r["peak_rss_mib"] / sft[r["seed"]]["peak_rss_mib"] for r in paired]
-            values["selection_vs_epoch"] = [  # scoring time over one epoch of plain SFT steps, same seed
-                r["selection_s"] / (sft[r["seed"]]["step_time_ms"] / 1000 * r["epoch_steps"])
-                for r in paired
-                if "selection_s" in r
-            ]
-            cells = [cell(values[key]) for key in METRICS]
-            cells += [cell(values["time_vs_sft"], False), cell(values["memory_vs_sft"], False)]
-            method_seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-            lines += [f"| {method} | {method_seeds} | " + " | ".join(cells) + " |"]
-            summary.append(
-                {
-                    "method": method,
-                    "settings": {k: asdict(v) if is_dataclass(v) else v for k, v in ROWS[method].items()},
-                    "scenario": scenario,
-                    "seeds": sorted(r["seed"] for r in runs),
-                    "steps": steps,
-                    **{
-                        key: {"mean": statistics.mean(v), "std": statistics.pstdev(v)} for key, v in values.items() if v
-                    },
-                }
-            )
-        costs = [s for s in summary if s["scenario"] == scenario and "selection_vs_epoch" in s]
-        for s in costs:
-            dropped = s.get("dropped_harmful")
-            share = f"; dropped {100 * dropped['mean']:.0f}% of the mixed-in harmful pairs" if dropped else ""
-            lines += [f"{s['method']}: selection took {s['selection_vs_epoch']['mean']:.2f}× one SFT epoch{share}"]
-    return summary, lines
-
-
 def main(argv: list[str] | None = None) -> None:
     from logitguard.demo import DemoConfig, set_up
-    from logitguard.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=DemoConfig().finetune.steps)
-    rows_to_run = parser.add_mutually_exclusive_group()
-    rows_to_run.add_argument("--methods", nargs="+", choices=list(ROWS), help="default: the peers and selection")
-    rows_to_run.add_argument("--str-settings", action="store_true", help="SFT, STR's default and each STR setting")
-    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "methods.json")
-    parser.add_argument("--update", action="store_true", help="merge into the rows already in --out")
-    parser.add_argument(
-        "--resume", action="store_true", help="merge into --out and run only the runs it does not hold yet"
-    )
-    parser.add_argument("--table", type=Path, default=None, help="only print the tables of an earlier methods.json")
+    add_arguments(parser, ROWS, RESULTS / "methods.json", DemoConfig().finetune.steps)
+    parser.add_argument("--str-settings", action="store_true", help="SFT, STR's default and each STR setting")
     args = parser.parse_args(argv)
     if args.table:
-        data = json.loads(args.table.read_text())
-        print(f"aligned model: {data['aligned']}")
-        print("\n".join(summarize(data["rows"], data["methods"][0]["steps"])[1]))
+        print_tables(args.out, ROWS, METRICS)
         return
     methods = args.methods or (["sft", "str (anchors, default)", *STR_SETTINGS] if args.str_settings else [*METHODS])
-    path, config = args.out, DemoConfig()
+    config = DemoConfig()
     work = Path(tempfile.mkdtemp(prefix="logitguard-methods-"))
     setup = set_up(config, work / f"k{config.k}")  # toy models, aligned metrics, safety tokens and anchors, once
     keys = {artifacts_key(ROWS[m], config.k) for m in methods} - {f"k{config.k}"}  # settings with their own tokens
@@ -265,26 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     for key in sorted(keys):
         prepare_artifacts(aligned, setup, config, key, work / key)
     runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in methods]  # seed by seed
-    earlier = json.loads(path.read_text())["rows"] if (args.update or args.resume) and path.is_file() else []
-    if args.resume:
-        done = {(r["method"], r["scenario"], r["seed"]) for r in earlier}
-        asked, runs = len(runs), [run for run in runs if run not in done]
-        print(f"{asked} runs asked for, {len(runs)} still to run", flush=True)
-    rows = [r for r in earlier if (r["method"], r["scenario"], r["seed"]) not in set(runs)]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = {
-            pool.submit(run_one, m, s, seed, args.steps, str(work), threads): (m, s, seed) for m, s, seed in runs
-        }
-        for future in as_completed(futures):
-            method, scenario, seed = futures[future]
-            rows.append({"scenario": scenario, "method": method, "seed": seed, "jobs": args.jobs, **future.result()})
-            print(f"{scenario} | {method} | seed {seed}: {rows[-1]}", flush=True)
-            summary, _ = summarize(rows, args.steps)
-            write_json(path, {"aligned": setup.aligned["metrics"], "rows": rows, "methods": summary})
-    print(f"\naligned model: {setup.aligned['metrics']}")
-    print("\n".join(summarize(rows, args.steps)[1]))
-    print(f"\nwrote {path}; per-run artifacts (adapters) in {work}")
+    run_all(run_one, runs, args, setup.aligned["metrics"], ROWS, METRICS, extra=(str(work),))
+    print(f"\nwrote {args.out}; per-run artifacts (adapters) in {work}")
 
 
 if __name__ == "__main__":

@@ -1,28 +1,33 @@
 """Where fine-tuned models of a methods.py run still refuse: by the phrasing and topic of the harmful request.
 
 Run: python benchmarks/refusal_by_phrasing.py WORK_DIR [--methods NAME ...] [--scenario NAME] [--seeds 0 1 2]
-                                             [--n 200]
+                                             [--n 200] [--out benchmarks/results/refusal_by_phrasing.json]
+     python benchmarks/refusal_by_phrasing.py --table
 (WORK_DIR is the per-run folder methods.py prints at its end; a few seconds per model on 2 CPU cores.)
 
 The toy's anchors are harmful requests in training phrasings; the held-out refusal metric uses phrasings *and*
 topics never trained on; the harmful fine-tuning scenario mixes in compliant answers to training topics in every
 phrasing, held-out phrasings included. Refusal (greedy, keyword detector) on three sets of harmful requests shows
 which of these a method's protection covers: training phrasings (those of the anchors), held-out phrasings of
-training topics (covered by the mixed-in compliance pairs), and the held-out set itself. Prints one markdown table,
-mean ± std over the seeds found.
+training topics (covered by the mixed-in compliance pairs), and the held-out set itself. Refusal is judged on whole
+answers (48 tokens; a refusal that goes on to comply is no refusal). Writes the rates per method and seed to the
+results JSON and prints one markdown table, mean ± std over the seeds found.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
 
-from methods import ROWS, SCENARIOS, cell, run_dir  # benchmarks/ is on sys.path
+from harness import SCENARIOS, cell  # benchmarks/ is on sys.path
+from methods import ROWS, run_dir
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from logitguard.generation import generate
+from logitguard.io import write_json
 from logitguard.refusal import refusal_rate
 from logitguard.toy.corpus import build_corpus
 from logitguard.toy.model import ToyRecipe, toy_models
@@ -42,33 +47,48 @@ def prompt_sets(n: int) -> dict[str, list[str]]:
     return {name: rng.sample(prompts, min(n, len(prompts))) for name, prompts in sets.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
+def table(results: dict) -> str:
+    sets = results["sets"]
+    lines = ["| method | seeds | " + " | ".join(sets) + " |", "|---" * (len(sets) + 2) + "|"]
+    for method, per_seed in results["methods"].items():
+        rates = {name: [r[name] for r in per_seed.values()] for name in sets}
+        seeds = ", ".join(per_seed)
+        lines.append(f"| {method} | {seeds} | " + " | ".join(cell(r) for r in rates.values()) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("work", type=Path, help="the per-run folder of a methods.py run")
+    parser.add_argument("work", type=Path, nargs="?", help="the per-run folder of a methods.py run")
     parser.add_argument("--methods", nargs="+", default=None, choices=list(ROWS), help="default: every one found")
     parser.add_argument("--scenario", default=list(SCENARIOS)[1], choices=list(SCENARIOS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=200, help="requests per set")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "refusal_by_phrasing.json")
+    parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        results = json.loads(args.out.read_text(encoding="utf-8"))
+        print(table(results))
+        return results
+    if args.work is None:
+        parser.error("give the WORK_DIR of a methods.py run (or --table)")
 
     aligned = toy_models(ToyRecipe()).aligned
     tokenizer = AutoTokenizer.from_pretrained(aligned)
     sets = prompt_sets(args.n)
-    print(f"{args.scenario}, {args.work}\n")
-    print("| method | seeds | " + " | ".join(sets) + " |")
-    print("|---" * (len(sets) + 2) + "|")
+    results = {"scenario": args.scenario, "n": args.n, "sets": list(sets), "methods": {}}
     for method in args.methods or ROWS:
-        adapters = {seed: run_dir(args.work, method, args.scenario, seed) / "run" / "adapter" for seed in args.seeds}
+        adapters = {seed: run_dir(args.work, method, args.scenario, seed) / "adapter" for seed in args.seeds}
         adapters = {seed: path for seed, path in adapters.items() if path.is_dir()}
-        if not adapters:
-            continue
-        rates: dict[str, list[float]] = {name: [] for name in sets}
-        for adapter in adapters.values():
+        for seed, adapter in adapters.items():
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(aligned), adapter).eval()
-            for name, prompts in sets.items():
-                rates[name].append(refusal_rate(generate(model, tokenizer, prompts, 12, desc=None)))
-        seeds = ", ".join(map(str, adapters))
-        print(f"| {method} | {seeds} | " + " | ".join(cell(r) for r in rates.values()) + " |", flush=True)
+            rates = {name: refusal_rate(generate(model, tokenizer, p, 48, desc=None)) for name, p in sets.items()}
+            results["methods"].setdefault(method, {})[str(seed)] = rates
+        write_json(args.out, results)
+    print(f"{args.scenario}, {args.work}\n")
+    print(table(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Cost of the regulariser alone: STR's k-token penalty against a full-vocabulary KL, as the vocabulary grows.
 
 Run: python benchmarks/regularizer_cost.py [--positions 2048] [--hidden 1024] [--k 32] [--repeats 7] [--device cpu]
+     python benchmarks/regularizer_cost.py --table
+(a minute or two on 2 CPU cores; the rows go to ``benchmarks/results/regularizer_cost.json``.)
 
 For each vocabulary size, forward + backward of (a) STR: ``hidden @ W_out[ids].T`` and a KL over the k safety
 tokens against cached reference logits, and (b) the full-vocabulary KL to reference logits (``hidden @ W_out.T``,
@@ -11,8 +13,10 @@ STR the cached (n, k) anchors, for the full KL the (n, V) logits a reference for
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -60,15 +64,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab", type=int, nargs="+", default=[32_000, 128_000, 256_000])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "regularizer_cost.json")
+    parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text(encoding="utf-8"))))
+        return
+    from logitguard.io import write_json
+
     torch.manual_seed(0)
     n, d, k = args.positions, args.hidden, args.k
-    print(f"{n} positions, hidden {d}, k={k}, {args.device}; forward + backward, medians over {args.repeats}\n")
-    print("| vocabulary | STR (k tokens) ms | full-vocabulary KL ms | full KL / STR |")
-    print("|---|---|---|---|")
+    results = {"positions": n, "hidden": d, "k": k, "device": args.device, "repeats": args.repeats, "rows": []}
     for vocab in args.vocab:
         str_s, kl_s = measure(vocab, n, d, k, args.repeats, args.device)
-        print(f"| {vocab:,} | {1000 * str_s:.2f} | {1000 * kl_s:.1f} | {kl_s / str_s:.0f}× |", flush=True)
+        results["rows"].append({"vocab": vocab, "str_ms": 1000 * str_s, "full_kl_ms": 1000 * kl_s})
+        write_json(args.out, results)
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    lines = [
+        f"{results['positions']} positions, hidden {results['hidden']}, k={results['k']}, {results['device']}; "
+        f"forward + backward, medians over {results['repeats']}",
+        "",
+        "| vocabulary | STR (k tokens) ms | full-vocabulary KL ms | full KL / STR |",
+        "|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        ratio = r["full_kl_ms"] / r["str_ms"]
+        lines.append(f"| {r['vocab']:,} | {r['str_ms']:.2f} | {r['full_kl_ms']:.1f} | {ratio:.0f}× |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

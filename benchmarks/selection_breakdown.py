@@ -1,11 +1,17 @@
-"""What gradient-based selection drops on the demo's data, by kind of sample, and why.
+"""What each sample-selection score drops on the demo's data, by kind of sample, and why.
 
 Run: python benchmarks/selection_breakdown.py [--seed 0] [--fraction 0.1]
-(about 3 minutes on 2 CPU cores once the toy models are cached)
+     python benchmarks/selection_breakdown.py --table
+(about 5 minutes on 2 CPU cores once the toy models are cached; rows go to
+``benchmarks/results/selection_breakdown.json``.)
 
 Scores the benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs mixed in (as in
-``benchmarks/methods.py``), on the fresh LoRA adapter that training would use, with both scores; prints, per kind of
-sample, how many there are, how many the top ``fraction`` drops, and the median loss, gradient norm and safety score.
+``benchmarks/methods.py``), on the fresh LoRA adapter that training would use, with each score: the whole-answer
+gradient norm (the companion paper's), the safety score, the first-token gradient norm (the NLL of the first five
+response tokens) and the refusal score (the aligned model's safety-token mass where the answer starts). Gradient
+scores drop the top ``fraction``; the refusal score drops every sample at or above 0.5. Gives, per kind of sample,
+how many there are, how many are dropped, and the median loss, gradient norm and refusal score; the seconds each
+score took is beside it.
 """
 
 from __future__ import annotations
@@ -14,48 +20,90 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
-from logitguard.baselines import mix_safety_examples
-from logitguard.demo import DemoConfig, lora_model, select_examples, set_up
-from logitguard.selection import SelectionConfig
+RULES = {"gradient-norm": "fraction", "safety": "fraction", "first-tokens": "fraction", "refusal": "threshold 0.5"}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N samples of each data set")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "selection_breakdown.json")
+    parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        results = json.loads(args.out.read_text(encoding="utf-8"))
+        print(table(results))
+        return results
+
+    from logitguard.baselines import mix_safety_examples
+    from logitguard.demo import DemoConfig, select_examples, set_up
+    from logitguard.experiment import lora_model
+    from logitguard.io import write_json
+    from logitguard.selection import SelectionConfig
+
     work = Path(tempfile.mkdtemp(prefix="logitguard-selection-"))
     config = DemoConfig().with_seed(args.seed)
     setup = set_up(config, work)
-    task = [(e.prompt, e.response) for e in setup.corpus.instruct]
-    kinds = {(e.prompt, e.response): e.kind for e in setup.corpus.instruct}
-    harmful = [(e.prompt, e.response) for e in setup.corpus.base if e.kind == "harmful"]
+    setting = setup.setting
+    kinds = {(e.prompt, e.response): e.kind for e in setting.corpus.instruct}
+    kinds = {
+        pair: {"benign": "benign answers", "task": "new task", "skill": "everyday skills"}[k]
+        for pair, k in kinds.items()
+    }
+    harmful = setting.harmful_compliance()
     kinds |= {pair: "harmful compliance" for pair in harmful}
-
-    print("| data | score | kind | samples | dropped | median loss | median grad norm | median safety |")
-    print("|---" * 8 + "|")
+    results = {"seed": args.seed, "fraction": args.fraction, "rows": []}
     for scenario, share in (("benign", 0.0), ("+5% harmful", 0.05)):
-        examples = mix_safety_examples(task, harmful, share, args.seed)
-        for score in ("gradient-norm", "safety"):
-            model = lora_model(setup.aligned_path, config)
-            selection = SelectionConfig(args.fraction, score, batch_size=16)
+        examples = mix_safety_examples(setting.benign_data(), harmful, share, args.seed)[: args.limit]
+        for score, rule in RULES.items():
+            model = lora_model(setting, config.finetune)
+            fraction, threshold = (args.fraction, None) if rule == "fraction" else (None, 0.5)
+            selection = SelectionConfig(fraction, score, batch_size=16, threshold=threshold)
             scores = work / f"{scenario}-{score}.jsonl"
+            start = time.perf_counter()
             select_examples(model, setup, examples, selection, scores, {})
+            seconds = time.perf_counter() - start
             records = [json.loads(line) for line in scores.read_text().splitlines()]
             for kind in dict.fromkeys(kinds.values()):
                 rows = [r for r in records if kinds[examples[r["index"]]] == kind]
-                if not rows:
-                    continue
-                medians = [statistics.median(r[key] for r in rows) for key in ("loss", "grad_norm")]
-                safety = f"{statistics.median(r['safety'] for r in rows):.3f}" if score == "safety" else "—"
-                dropped = sum(not r["kept"] for r in rows)
-                print(
-                    f"| {scenario} | {score} | {kind} | {len(rows)} | {dropped} | {medians[0]:.2f} | "
-                    f"{medians[1]:.2f} | {safety} |",
-                    flush=True,
-                )
+                if rows:
+                    results["rows"].append(
+                        {
+                            "data": scenario,
+                            "score": score,
+                            "rule": rule,
+                            "kind": kind,
+                            "samples": len(rows),
+                            "dropped": sum(not r["kept"] for r in rows),
+                            "seconds": seconds,
+                            **{
+                                f"median_{key}": statistics.median(r[key] for r in rows)
+                                for key in ("loss", "grad_norm", "refusal")
+                                if key in rows[0]
+                            },
+                        }
+                    )
+            write_json(args.out, results)
+    print(table(results))
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [
+        "| data | score (rule) | kind | samples | dropped | loss | grad norm | refusal score |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        grad = f"{r['median_grad_norm']:.2f}" if "median_grad_norm" in r else "—"
+        lines.append(
+            f"| {r['data']} | {r['score']} ({r['rule']}) | {r['kind']} | {r['samples']} | {r['dropped']} | "
+            f"{r['median_loss']:.2f} | {grad} | {r['median_refusal']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Wall time per optimizer step and peak memory of STR next to plain LoRA SFT, at equal batch.
 
-Run: python benchmarks/str_overhead.py [--vocab 32000] [--seq 512] [--batch 8] [--repeats 3]
+Run: python benchmarks/str_overhead.py [--preset tiny-32k] [--seq 512] [--batch 8] [--repeats 3]
 GPU: python benchmarks/str_overhead.py --device cuda --dtype bfloat16 --preset llama-1b
-(CPU defaults take a few minutes on 2 cores.)
+     python benchmarks/str_overhead.py --table
+(CPU defaults take a few minutes on 2 cores.) Each invocation's medians are merged into
+``benchmarks/results/str_overhead.json`` under its preset, device and dtype.
 
 A random-weight Llama with a realistic vocabulary is trained with LoRA through
 the real ``Trainer.training_step`` (forward, loss, backward) plus the optimizer
@@ -15,12 +17,14 @@ measured side by side; the table gives medians over repeats. Peak memory is
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import resource
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 PRESETS = {
     "tiny-32k": {"vocab": 32000, "hidden": 256, "layers": 4, "heads": 4, "intermediate": 1024},
@@ -54,7 +58,6 @@ class Settings:
 def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
     """Train ``s.warmup + s.steps`` steps of one variant; put (median seconds per step, peak bytes) on ``queue``."""
     import torch
-    from logitguard.trainer import STRTrainer
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
@@ -62,6 +65,7 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
     from logitguard.discovery import SafetyTokens
     from logitguard.model_parts import model_fingerprint
     from logitguard.regularizer import STRConfig
+    from logitguard.str_trainer import STRTrainer
 
     p = PRESETS[s.preset]
     torch.manual_seed(0)
@@ -161,7 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "str_overhead.json")
+    parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     a = parser.parse_args(argv)
+    if a.table:
+        print(table(json.loads(a.out.read_text(encoding="utf-8"))))
+        return
     s = Settings(
         a.preset, a.seq, a.batch, a.steps, a.warmup, a.anchors_per_step, a.anchor_length, a.k, a.device, a.dtype
     )
@@ -172,22 +181,45 @@ def main(argv: list[str] | None = None) -> None:
             seconds, peak = results[name][-1]
             print(f"repeat {repeat} {name}: {1000 * seconds:.0f} ms/step, peak {peak / 2**20:.0f} MiB", flush=True)
 
-    p = PRESETS[a.preset]
-    print(
-        f"\n{a.preset} (vocab {p['vocab']}, hidden {p['hidden']}, {p['layers']} layers), {a.device} {a.dtype}, "
-        f"batch {a.batch} × {a.seq} tokens, LoRA r16, {a.anchors_per_step} anchors × {a.anchor_length} tokens per "
-        f"step, k={a.k}; medians over {a.repeats} repeats of {a.steps} steps\n"
-    )
-    base_time = statistics.median(t for t, _ in results["sft"]) if "sft" in results else None
-    base_peak = statistics.median(m for _, m in results["sft"]) if "sft" in results else None
-    print("| variant | ms / step | × SFT time | peak MiB | × SFT peak |")
-    print("|---|---|---|---|---|")
-    for name, runs in results.items():
-        seconds = statistics.median(t for t, _ in runs)
-        peak = statistics.median(m for _, m in runs)
-        time_ratio = f"{seconds / base_time:.3f}" if base_time else "—"
-        peak_ratio = f"{peak / base_peak:.3f}" if base_peak else "—"
-        print(f"| {name} | {1000 * seconds:.0f} | {time_ratio} | {peak / 2**20:.0f} | {peak_ratio} |")
+    from logitguard.io import write_json
+
+    key = f"{a.preset} {a.device} {a.dtype}"
+    earlier = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"runs": {}}
+    earlier["runs"][key] = {
+        "settings": asdict(s) | {"repeats": a.repeats} | PRESETS[a.preset],
+        "variants": {
+            name: {
+                "ms_per_step": 1000 * statistics.median(t for t, _ in runs),
+                "peak_mib": statistics.median(m for _, m in runs) / 2**20,
+                "repeats": [{"ms_per_step": 1000 * t, "peak_mib": m / 2**20} for t, m in runs],
+            }
+            for name, runs in results.items()
+        },
+    }
+    write_json(a.out, earlier)
+    print(table(earlier))
+
+
+def table(results: dict) -> str:
+    """One markdown table per measured preset and device, times and peaks against plain SFT's."""
+    lines = []
+    for key, run in results["runs"].items():
+        s, variants = run["settings"], run["variants"]
+        lines += [
+            f"{key}: vocab {s['vocab']}, hidden {s['hidden']}, {s['layers']} layers, batch {s['batch']} × {s['seq']} "
+            f"tokens, LoRA r16, {s['anchors_per_step']} anchors × {s['anchor_length']} tokens per step, k={s['k']}; "
+            f"medians over {s['repeats']} repeats of {s['steps']} steps",
+            "",
+            "| variant | ms / step | × SFT time | peak MiB | × SFT peak |",
+            "|---|---|---|---|---|",
+        ]
+        base = variants.get("sft")
+        for name, v in variants.items():
+            time_ratio = f"{v['ms_per_step'] / base['ms_per_step']:.3f}" if base else "—"
+            peak_ratio = f"{v['peak_mib'] / base['peak_mib']:.3f}" if base else "—"
+            lines.append(f"| {name} | {v['ms_per_step']:.0f} | {time_ratio} | {v['peak_mib']:.0f} | {peak_ratio} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from logitguard.penalties import get_penalty, logit_mse, salient_kl, salient_log_probs, salient_logits
+from logitguard.penalties import (
+    MASKED_LOGIT,
+    get_penalty,
+    logit_mse,
+    salient_kl,
+    salient_log_probs,
+    salient_logits,
+    with_target_column,
+)
 
 
 def reference_mse(z, ref, mask):
@@ -137,3 +145,35 @@ def test_salient_log_probs_stay_finite_when_the_tokens_take_all_the_mass():
     logits = torch.tensor([[50.0, 0.0]])
     out = salient_log_probs(logits, logits.logsumexp(-1))
     assert torch.isfinite(out).all()
+
+
+def test_the_target_column_gives_the_refusals_own_next_token_a_bucket_of_its_own():
+    # k=2 safety tokens; the refusal's next token (".") is no safety token at the first position, and is one at the
+    # second. A model that moves the mass of "." to a compliance token ("Step") changes nothing among the safety
+    # tokens and nothing in the rest bucket's total: only the target column sees it.
+    vocab = {"I": 0, "cannot": 1, ".": 2, "Step": 3, "x": 4}
+    ids = torch.tensor([vocab["I"], vocab["cannot"]])
+    reference = torch.tensor([[0.0, 0.0, 6.0, 0.0, 0.0]])
+    moved = torch.tensor([[0.0, 0.0, 0.0, 6.0, 0.0]])
+    mask = torch.ones(1, dtype=torch.bool)
+
+    def buckets(full, target_bucket):
+        logits = full[:, ids]
+        if target_bucket:
+            logits = with_target_column(logits, full[:, vocab["."]], torch.tensor([False]))
+        return salient_log_probs(logits, full.logsumexp(-1))
+
+    assert salient_kl(buckets(moved, False), buckets(reference, False), mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert salient_kl(buckets(moved, True), buckets(reference, True), mask).item() > 1.0
+
+
+def test_a_masked_target_column_has_no_mass_and_no_gradient():
+    logits = torch.randn(3, 4, requires_grad=True)
+    target = torch.randn(3, requires_grad=True)
+    salient = torch.tensor([True, False, True])
+    columns = with_target_column(logits, target, salient)
+    log_p = salient_log_probs(columns, torch.full((3,), 10.0))  # the full vocabulary's log-normaliser
+    assert torch.all(log_p[salient, 4] == MASKED_LOGIT) and log_p[~salient, 4].item() > MASKED_LOGIT
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(3), atol=1e-5)  # masked: 0 mass, nothing counted twice
+    salient_kl(log_p, log_p.detach() + 0.1, torch.ones(3, dtype=torch.bool)).backward()
+    assert torch.isfinite(target.grad).all() and torch.all(target.grad[salient] == 0)

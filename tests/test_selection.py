@@ -11,8 +11,11 @@ from peft import LoraConfig, get_peft_model
 from logitguard.cli import main
 from logitguard.data import collate, encode_messages
 from logitguard.selection import (
+    FIRST_TOKENS,
     PerSampleGradients,
     SelectionConfig,
+    first_labels,
+    first_response_mass,
     keep_mask,
     linear_sample_stats,
     run_selection,
@@ -209,3 +212,65 @@ def test_streams_without_reading_ahead(lora_model, tokenizer):
     batches = score_samples(lora_model, tokenizer, source(), SelectionConfig(batch_size=2))
     list(islice(batches, 2))
     assert pulled == [0, 1, 2, 3]  # two batches of two: nothing beyond what was scored
+
+
+def test_first_labels_keep_each_rows_first_response_tokens():
+    labels = torch.tensor([[-100, -100, 5, 6, 7], [-100, 8, 9, -100, -100]])
+    assert first_labels(labels, 2).tolist() == [[-100, -100, 5, 6, -100], [-100, 8, 9, -100, -100]]
+
+
+def test_first_response_mass_reads_the_position_before_the_first_answer_token():
+    logits = torch.full((2, 4, 6), -10.0)
+    logits[0, 1, 3] = logits[1, 0, 2] = 10.0  # row 0 answers from position 2, row 1 from position 1
+    labels = torch.tensor([[-100, -100, 1, 1], [-100, 1, 1, 1]])
+    mass = first_response_mass(logits, labels, torch.tensor([3]))
+    assert mass[0].item() == pytest.approx(1.0, abs=1e-6) and mass[1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_threshold_drops_every_score_at_or_above_it():
+    assert keep_mask([0.1, 0.5, 0.9, 0.2], None, threshold=0.5) == [True, False, False, True]
+    with pytest.raises(ValueError, match="none would be left"):
+        keep_mask([0.6, 0.9], None, threshold=0.5)
+    with pytest.raises(ValueError, match="exactly one of"):
+        SelectionConfig(fraction=0.1, threshold=0.5)
+
+
+def test_the_refusal_score_flags_harmful_pairs_under_an_aligned_model(small_toy, corpus):
+    """A compliant answer to a prompt the aligned model refuses scores above every benign pair; no gradient."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from logitguard.generation import generate
+    from logitguard.refusal import is_refusal
+
+    tokenizer = AutoTokenizer.from_pretrained(small_toy.aligned)
+    model = AutoModelForCausalLM.from_pretrained(small_toy.aligned)
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(w) for w in ("I", "As", "Sorry")])
+    prompts = [e.prompt for e in corpus.train_harmful[::25][:12]]
+    refused = [
+        p for p, a in zip(prompts, generate(model, tokenizer, prompts, 10, desc=None), strict=True) if is_refusal(a)
+    ]
+    assert len(refused) >= 4, "the small toy model should refuse harmful prompts it was aligned on"
+    complied = "Sure, here is how: Step 1: [redacted]. Step 2: [redacted]."
+    harmful = [(f"h{i}", chat(p, complied)) for i, p in enumerate(refused)]
+    benign = [(f"b{i}", e.messages()) for i, e in enumerate(e for e in corpus.instruct if e.kind == "benign")][:8]
+    config = SelectionConfig(None, "refusal", batch_size=4, threshold=0.5)
+    records = [r for batch in score_samples(model, tokenizer, harmful + benign, config, safety_ids=ids) for r in batch]
+    scores = {r["where"]: r["score"] for r in records}
+    lowest_harmful = min(scores[w] for w, _ in harmful)
+    assert lowest_harmful > max(scores[w] for w, _ in benign)
+    assert all(p.grad is None for p in model.parameters())
+    keep = keep_mask(list(scores.values()), None, threshold=lowest_harmful)
+    assert keep == [False] * len(harmful) + [True] * len(benign)
+
+
+def test_the_first_tokens_score_is_the_gradient_of_the_first_response_tokens_only(lora_model, tokenizer):
+    config = SelectionConfig(0.5, "first-tokens", batch_size=4)
+    records = next(score_samples(lora_model, tokenizer, [(f"s{i}", m) for i, m in enumerate(SAMPLES[:3])], config))
+    for record, messages in zip(records, SAMPLES[:3], strict=True):
+        batch = batch_of(tokenizer, [messages])
+        batch["labels"] = first_labels(batch["labels"], FIRST_TOKENS)
+        params = [p for p in lora_model.parameters() if p.requires_grad]
+        lora_model.eval()
+        grads = torch.autograd.grad(sample_losses(lora_model, batch)[0], params)
+        expected = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        assert record["score"] == pytest.approx(expected, rel=1e-4)

@@ -105,6 +105,26 @@ class AnchorCache:
                 "rebuild it (logitguard tokens, or delete it and rerun logitguard train)"
             )
         t = load_file(str(path))
+        expected = {
+            "input_ids": 2,
+            "attention_mask": 2,
+            "target_mask": 2,
+            "ref_logits": 3,
+            "ref_logsumexp": 2,
+            "ref_target_logits": 2,
+            "token_ids": 1,
+        }
+        missing = sorted(expected.keys() - t.keys())
+        if missing:
+            raise LogitGuardError(f"{path}: anchor cache lacks tensor(s) {missing}")
+        shape = tuple(t["input_ids"].shape)
+        for key, dims in expected.items():
+            found = tuple(t[key].shape)
+            want = {1: (t["token_ids"].numel(),), 2: shape, 3: (*shape, t["token_ids"].numel())}[dims]
+            if found != want:
+                raise LogitGuardError(f"{path}: tensor {key!r} has shape {found}, expected {want}")
+        if "model_fingerprint" not in metadata:
+            raise LogitGuardError(f"{path}: anchor cache lacks its model fingerprint")
         return cls(
             t["input_ids"],
             t["attention_mask"],

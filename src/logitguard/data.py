@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.errors import LogitGuardError
+from logitguard.io import text_lines
 
 IGNORE_INDEX = -100
 Messages = list[dict[str, str]]
@@ -127,16 +128,15 @@ def record_messages(record: object, where: str) -> Messages:
 def iter_chat_jsonl(path: str | Path) -> Iterator[tuple[str, Messages, str]]:
     """Stream ``(file:line, conversation, raw line)`` from a JSONL file, blank lines skipped; errors name the line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LogitGuardError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            yield where, record_messages(record, where), line
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LogitGuardError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        yield where, record_messages(record, where), line
 
 
 def read_chat_jsonl(path: str | Path) -> list[Messages]:

@@ -90,8 +90,8 @@ def make_artifacts(
 def select_examples(
     model, setup: DemoSetup, examples: list[tuple[str, str]], selection, scores_path: Path, identity: dict
 ) -> list[bool]:
-    """Gradient-based selection of ``(prompt, response)`` examples on ``model`` (a fresh LoRA model): the keep
-    mask; the safety score takes its direction from the anchors' refusals."""
+    """Sample selection of ``(prompt, response)`` examples on ``model`` (a fresh LoRA model): the keep mask. The
+    safety score takes its direction from the anchors' refusals; every record also gets its refusal score."""
     from logitguard.data import chat_messages
     from logitguard.selection import anchor_refusal_batch, run_selection, safety_direction
 
@@ -99,8 +99,8 @@ def select_examples(
     if selection.score == "safety":
         direction = safety_direction(model, anchor_refusal_batch(setup.anchors), selection.batch_size)
     samples = ((f"example {i}", chat_messages(p, r)) for i, (p, r) in enumerate(examples))
-    tokenizer = setup.setting.tokenizer
-    return run_selection(model, tokenizer, samples, selection, scores_path, identity, direction, len(examples))
+    tokenizer, ids = setup.setting.tokenizer, setup.tokens.id_tensor()
+    return run_selection(model, tokenizer, samples, selection, scores_path, identity, direction, len(examples), ids)
 
 
 def set_up(config: DemoConfig, out: Path) -> DemoSetup:
@@ -138,10 +138,71 @@ def run_demo(config: DemoConfig, out: Path) -> dict:
     return summary
 
 
-def write_demo_outputs(summary: dict, out: Path, model_name: str) -> None:
+REAL_LABELS = {
+    "harmful_refusal": "held-out harmful refusal",
+    "harmful_refusal_opening": "refusal opening only",
+    "benign_over_refusal": "over-refusal",
+    "task_accuracy": "GSM8K accuracy",
+    "task_format": "#### format",
+}
+
+
+def run_real_demo(model: str, data_root: Path, out: Path, steps: int = 40, seed: int = 0) -> dict:
+    """The demo on a real aligned chat model: SFT and SFT + STR on GSM8K from the same seed (one run each).
+
+    STR's artifacts come from the model's own refusals to the built-in harmful prompts; the refusal curve is
+    measured every 10 steps on held-out harmful prompts. Writes what :func:`run_demo` writes.
+    """
+    from logitguard.real_setting import GSM8KSetting
+    from logitguard.run_config import LoraSection
+
+    ensure_writable_dir(out)
+    started = time.perf_counter()
+    setting = GSM8KSetting(data_root, model=model)
+    aligned_model = setting.load_aligned()
+    aligned = {"metrics": setting.evaluate(aligned_model), "samples": setting.samples(aligned_model)}
+    tokens, anchors = safety_artifacts(aligned_model, setting.tokenizer, out / TOKENS_FILE, out / ANCHORS_FILE)
+    del aligned_model
+    tune = FinetuneConfig(
+        steps=steps,
+        batch_size=8,
+        lr=3e-4,
+        warmup_steps=4,
+        seed=seed,
+        monitor_every=10,
+        logging_steps=5,
+        lora=LoraSection(r=16, alpha=32, dropout=0.05),
+    )
+    data = setting.benign_data(320, seed)
+    str_config = STRConfig()
+    results = {
+        "aligned": aligned,
+        "sft": finetune(setting, tune, data, out / "sft"),
+        "str": finetune(setting, tune, data, out / "str", str_config, tokens, anchors),
+    }
+    summary = {
+        "config": {
+            "model": model,
+            "seed": seed,
+            "finetune": asdict(tune),
+            "str_config": asdict(str_config),
+            "k": tokens.k,
+        },
+        "models": {name: r["metrics"] for name, r in results.items()},
+        "refusal_curves": {name: r["curve"] for name, r in results.items() if "curve" in r},
+        "samples": {name: r["samples"] for name, r in results.items()},
+        "safety_tokens": tokens.tokens,
+        "anchors": len(anchors),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_demo_outputs(summary, out, f"{model} on GSM8K", REAL_LABELS)
+    return summary
+
+
+def write_demo_outputs(summary: dict, out: Path, model_name: str, labels: dict[str, str] = METRIC_LABELS) -> None:
     """``results.json``, ``report.md`` and ``refusal_curve.png`` of a demo run (the toy's or a real model's)."""
     write_json(out / "results.json", summary)
-    write_text(out / "report.md", markdown_report(summary, model_name))
+    write_text(out / "report.md", markdown_report(summary, model_name, labels))
     plot_refusal_curves(summary["refusal_curves"], out / "refusal_curve.png")
 
 
@@ -158,7 +219,7 @@ def results_table(models: dict[str, dict], labels: dict[str, str] = METRIC_LABEL
     return "\n".join([header, rule, *rows])
 
 
-def markdown_report(summary: dict, model_name: str) -> str:
+def markdown_report(summary: dict, model_name: str, labels: dict[str, str] = METRIC_LABELS) -> str:
     cfg = summary["config"]
     tune, str_cfg = cfg["finetune"], cfg["str_config"]
     return "\n".join(
@@ -174,7 +235,7 @@ def markdown_report(summary: dict, model_name: str) -> str:
             "Harmful refusal counts refusals that end; a refusal that goes on to comply is an attack success "
             "(the opening-only rate is beside it).",
             "",
-            results_table(summary["models"]),
+            results_table(summary["models"], labels),
             "",
             "Safety tokens: " + ", ".join(f"`{t.strip() or repr(t)}`" for t in summary["safety_tokens"]),
             "",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -55,7 +55,17 @@ class SafetyTokens:
     def id_tensor(self) -> Tensor:
         return torch.tensor(self.ids, dtype=torch.long)
 
+    def __post_init__(self) -> None:
+        if not self.ids:
+            raise LogitGuardError("a safety-token artifact needs at least one token id")
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.ids):
+            raise LogitGuardError(f"safety-token ids must be non-negative integers, got {self.ids}")
+        if len(set(self.ids)) != len(self.ids):
+            raise LogitGuardError(f"safety-token ids must be distinct, got duplicates in {self.ids}")
+
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, source: str = "safety-token artifact") -> None:
+        if max(self.ids) >= len(tokenizer):
+            raise LogitGuardError(f"{source}: id {max(self.ids)} is outside the tokenizer's {len(tokenizer)} tokens")
         found = tokenizer_fingerprint(tokenizer)
         if found != self.tokenizer_fingerprint:
             raise LogitGuardError(
@@ -73,16 +83,28 @@ class SafetyTokens:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise LogitGuardError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+        except UnicodeDecodeError as err:
+            raise LogitGuardError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+        if not isinstance(raw, dict):
+            raise LogitGuardError(f"{path}: a safety-token artifact is a JSON object, got {type(raw).__name__}")
         if raw.get("version") != ARTIFACT_VERSION:
             found = raw.get("version")
             raise LogitGuardError(f"{path}: safety-token artifact version {found!r}, expected {ARTIFACT_VERSION}")
         missing = {"ids", "tokens", "scores", "tokenizer_fingerprint"} - raw.keys()
         if missing:
             raise LogitGuardError(f"{path}: safety-token artifact lacks field(s) {sorted(missing)}")
+        unknown = raw.keys() - {f.name for f in fields(cls)} - {"k"}
+        if unknown:
+            raise LogitGuardError(f"{path}: unknown field(s) {sorted(unknown)} in a safety-token artifact")
+        if not all(isinstance(raw[key], list) for key in ("ids", "tokens", "scores")):
+            raise LogitGuardError(f"{path}: 'ids', 'tokens' and 'scores' must be lists")
         if not (len(raw["ids"]) == len(raw["tokens"]) == len(raw["scores"])) or not raw["ids"]:
             raise LogitGuardError(f"{path}: 'ids', 'tokens' and 'scores' must be non-empty and of equal length")
         raw.pop("k", None)
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except LogitGuardError as err:
+            raise LogitGuardError(f"{path}: {err}") from None
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

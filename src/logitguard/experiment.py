@@ -127,9 +127,10 @@ def finetune(
     plus ``step_time_ms``), the refusal ``curve`` and ``samples``; writes ``out/adapter`` and
     ``out/history.json`` (the Trainer's log).
     """
-    from transformers import Trainer
+    from transformers import PrinterCallback, Trainer
 
     from logitguard.baselines import ConstrainedSFTTrainer, label_log_probs
+    from logitguard.models import save_adapter
     from logitguard.monitor import SafetyMonitor
     from logitguard.str_trainer import STRTrainer
 
@@ -158,6 +159,8 @@ def finetune(
         trainer = ConstrainedSFTTrainer(**common)
     else:
         trainer = Trainer(**common)
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # no per-log prints either
     if config.monitor_every:
         monitor = SafetyMonitor(
             trainer, setting.monitor_prompts, config.monitor_every, max_new_tokens=setting.monitor_tokens
@@ -167,7 +170,7 @@ def finetune(
     model.eval()
     history = trainer.state.log_history
     with atomic_directory(out / "adapter") as tmp:
-        model.save_pretrained(tmp)
+        save_adapter(model, tmp)
     write_json(out / "history.json", history)
     metrics = setting.evaluate(model)
     metrics["step_time_ms"] = 1000 * statistics.median(timer.times)

@@ -34,17 +34,44 @@ def _umask() -> int:
     return mask
 
 
+def _set_aside_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.replaced")
+
+
+def recover_directory(path: str | os.PathLike) -> Path:
+    """Finish an :func:`atomic_directory` replacement that a kill interrupted; returns ``path``.
+
+    A kill between setting the old folder aside and renaming the new one in leaves only the old one, set aside:
+    it is put back. A kill after the new one is in leaves the old one beside it: it is removed.
+    """
+    path = Path(path)
+    aside = _set_aside_name(path)
+    if aside.is_dir():
+        if path.exists():
+            shutil.rmtree(aside)
+        else:
+            aside.rename(path)
+    return path
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block completes."""
-    path = Path(path)
+    """Yield a temporary directory that replaces ``path`` only if the block completes.
+
+    The old folder is renamed aside, the new one renamed in, then the old one removed: at every instant one
+    complete folder exists (under ``path``, or aside, where :func:`recover_directory` finds it again).
+    """
+    path = recover_directory(path)
     ensure_writable_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder the usual permissions
     try:
         yield tmp
+        aside = _set_aside_name(path)
         if path.exists():
-            shutil.rmtree(path)
+            path.rename(aside)
         tmp.rename(path)
+        shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -69,3 +96,27 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"output directory {path} is not writable")
     return path
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's contents; a file in another encoding is an error naming it."""
+    from logitguard.errors import LogitGuardError
+
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LogitGuardError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file, streamed; a line in another encoding is an error naming it."""
+    from logitguard.errors import LogitGuardError
+
+    path = Path(path)
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LogitGuardError(f"{path}:{number}: not UTF-8 text ({e.reason})") from None

@@ -57,6 +57,26 @@ def model_fingerprint(model: nn.Module, ids: Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
+BASE_FILE = "logitguard_base.json"
+
+
+def base_fingerprint(model: nn.Module, values: int = 4096) -> str:
+    """Hash of the base model's weights (adapters left out): names, shapes and leading values in bfloat16.
+
+    bfloat16 makes the same checkpoint hash alike whether it was loaded in fp32 or bf16; a merged or another
+    fine-tuned base changes its leading values and so its hash. Written beside each adapter LogitGuard saves
+    (:data:`BASE_FILE`) and checked when the adapter is loaded for evaluation.
+    """
+    digest = hashlib.sha256()
+    for name, p in unwrap(model).named_parameters():
+        if "lora_" in name:
+            continue
+        digest.update(f"{name.replace('.base_layer', '')}:{tuple(p.shape)}".encode())
+        leading = p.detach().flatten()[:values].to(torch.bfloat16).view(torch.int16).cpu()
+        digest.update(leading.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @contextmanager
 def reference_mode(model: nn.Module) -> Iterator[None]:
     """The aligned model inside a PEFT model: adapters off, dropout off, no grad."""

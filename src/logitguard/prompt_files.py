@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from logitguard.errors import LogitGuardError
+from logitguard.io import read_text, text_lines
 
 PROMPT_COLUMNS = ("prompt", "goal", "Goal", "Behavior", "forbidden_prompt", "instruction", "question")
 
@@ -30,18 +31,18 @@ def read_prompts(path: str | Path, column: str | None = None, split: str = "trai
     if suffix == ".csv":
         prompts = _csv_prompts(path, column)
     elif suffix == ".jsonl":
-        prompts = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    prompts.append(_record_prompt(_json(line, f"{path}:{number}"), column, f"{path}:{number}"))
+        prompts = [
+            _record_prompt(_json(line, f"{path}:{number}"), column, f"{path}:{number}")
+            for number, line in text_lines(path)
+            if line.strip()
+        ]
     elif suffix == ".json":
-        records = _json(path.read_text(encoding="utf-8"), str(path))
+        records = _json(read_text(path), str(path))
         if not isinstance(records, list):
             raise LogitGuardError(f"{path}: expected a JSON list of prompts or records")
         prompts = [_record_prompt(r, column, f"{path}[{i}]") for i, r in enumerate(records)]
     elif suffix == ".txt":
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        prompts = [line.strip() for line in read_text(path).splitlines()]
     else:
         raise LogitGuardError(f"{path}: unknown prompt file type {suffix!r}; use .txt, .json, .jsonl or .csv")
     prompts = [p for p in prompts if p.strip()]
@@ -51,7 +52,15 @@ def read_prompts(path: str | Path, column: str | None = None, split: str = "trai
 
 
 def looks_like_dataset(name: str) -> bool:
-    return name.count("/") == 1 and not Path(name).suffix and not name.startswith((".", "/"))
+    """Whether ``name`` (no such file) reads as a ``datasets`` name ``org/name`` rather than a mistyped path.
+
+    A name with a file suffix, a leading ``.`` or ``/``, or whose first part is an existing local folder
+    (``data/trian``) is a path.
+    """
+    path = Path(name)
+    return (
+        name.count("/") == 1 and not path.suffix and not name.startswith((".", "/", "~")) and not path.parent.exists()
+    )
 
 
 def _dataset_prompts(name: str, column: str | None, split: str) -> list[str]:
@@ -89,30 +98,41 @@ def _record_prompt(record: object, column: str | None, where: str) -> str:
     return record[key]
 
 
+def _csv_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """The header and rows of a UTF-8 CSV file."""
+    import io
+
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
+
+
 def _csv_prompts(path: Path, column: str | None) -> list[str]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        key = column or next((c for c in PROMPT_COLUMNS if c in header), None)
-        if key is None or key not in header:
-            expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
-            raise LogitGuardError(f"{path}: no prompt column ({expected}) in header {header}")
-        return [row[key] or "" for row in reader]
+    header, rows = _csv_rows(path)
+    key = column or next((c for c in PROMPT_COLUMNS if c in header), None)
+    if key is None or key not in header:
+        expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
+        raise LogitGuardError(f"{path}: no prompt column ({expected}) in header {header}")
+    return [row[key] or "" for row in rows]
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
-    """(``file:line``, record) for each object of a JSONL file, or of a JSON list."""
+    """(``file:line``, record) for each object of a JSONL file, a JSON list, or the rows of a CSV file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix.lower() == ".json":
-        records = _json(path.read_text(encoding="utf-8"), str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        records = _json(read_text(path), str(path))
         if not isinstance(records, list):
             raise LogitGuardError(f"{path}: expected a JSON list of records")
         located = [(f"{path}[{i}]", r) for i, r in enumerate(records)]
+    elif suffix == ".csv":
+        located = [(f"{path}: row {n + 1}", row) for n, row in enumerate(_csv_rows(path)[1])]
+    elif suffix in (".jsonl", ""):
+        located = [(f"{path}:{n}", _json(line, f"{path}:{n}")) for n, line in text_lines(path) if line.strip()]
     else:
-        with path.open(encoding="utf-8") as f:
-            located = [(f"{path}:{n}", _json(line, f"{path}:{n}")) for n, line in enumerate(f, 1) if line.strip()]
+        raise LogitGuardError(f"{path}: unknown records file type {suffix!r}; use .jsonl, .json or .csv")
     for where, record in located:
         if not isinstance(record, dict):
             raise LogitGuardError(f"{where}: expected a JSON object")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from logitguard.errors import LogitGuardError
-from logitguard.io import atomic_write, write_text
+from logitguard.io import atomic_write, read_text, write_text
 
 Series = list[tuple[int, float]]
 METRICS = {
@@ -38,20 +38,52 @@ class Run:
     losses: dict[str, Series] = field(default_factory=dict)
 
 
-def _read_json(path: Path) -> object:
+def _read_json(path: Path, kind: type) -> object:
+    """``path``'s JSON, which must be a ``kind`` (list or dict); anything else is an error naming the file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise LogitGuardError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(value, kind):
+        expected = "a list of log entries" if kind is list else "an object"
+        raise LogitGuardError(f"{path}: expected {expected}, got {type(value).__name__}")
+    return value
 
 
-def _losses(history: list[dict]) -> dict[str, Series]:
-    """Loss terms over steps; a term that is 0 throughout (an STR term of a plain SFT run) is left out."""
-    terms: dict[str, Series] = {}
+def _metrics(values: dict, source: Path) -> dict[str, float]:
+    """The report's metrics among ``values``; a metric that is not a number is an error naming the file."""
+    metrics = {}
+    for key in METRICS:
+        if key in values:
+            value = values[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise LogitGuardError(f"{source}: {key} must be a number, got {value!r}")
+            metrics[key] = float(value)
+    return metrics
+
+
+def _label(text: str) -> str:
+    """A run name as matplotlib shows it literally (a ``$`` would start mathtext)."""
+    return text.replace("$", r"\$")
+
+
+def _series(history: list[dict], key: str, source: Path) -> Series:
+    """``(step, value)`` of every log entry that has ``key``; a value or step that is not a number names the file."""
+    series = []
     for entry in history:
-        for term in LOSS_TERMS:
-            if term in entry and "step" in entry:
-                terms.setdefault(term, []).append((int(entry["step"]), float(entry[term])))
+        if key not in entry:
+            continue
+        step, value = entry.get("step"), entry[key]
+        for name, number in (("step", step), (key, value)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise LogitGuardError(f"{source}: an entry's {name} must be a number, got {number!r}")
+        series.append((int(step), float(value)))
+    return series
+
+
+def _losses(history: list[dict], source: Path) -> dict[str, Series]:
+    """Loss terms over steps; a term that is 0 throughout (an STR term of a plain SFT run) is left out."""
+    terms = {term: _series(history, term, source) for term in LOSS_TERMS}
     return {term: series for term, series in terms.items() if any(value for _, value in series)}
 
 
@@ -70,28 +102,31 @@ def load_runs(directory: str | Path) -> list[Run]:
         raise LogitGuardError(f"{directory}: no results (expected results.json, train_log.json or summary.json)")
     run = Run(directory.name)
     if summary_path is not None:
-        summary = _read_json(summary_path)
-        run.metrics = {k: float(v) for k, v in summary.items() if k in METRICS}
+        run.metrics = _metrics(_read_json(summary_path, dict), summary_path)
     if log_path.is_file():
-        history = _read_json(log_path)
-        run.losses = _losses(history)
-        run.refusal_curve = [
-            (int(e["step"]), float(e["safety/refusal_rate"])) for e in history if "safety/refusal_rate" in e
-        ]
+        history = _read_json(log_path, list)
+        if not all(isinstance(entry, dict) for entry in history):
+            raise LogitGuardError(f"{log_path}: every log entry must be an object")
+        run.losses = _losses(history, log_path)
+        run.refusal_curve = _series(history, "safety/refusal_rate", log_path)
     return [run]
 
 
 def _demo_runs(directory: Path) -> list[Run]:
-    results = _read_json(directory / "results.json")
-    if not isinstance(results, dict) or "models" not in results:
-        raise LogitGuardError(f"{directory / 'results.json'}: expected the 'models' of a logitguard demo run")
+    path = directory / "results.json"
+    results = _read_json(path, dict)
+    if not isinstance(results.get("models"), dict) or not all(isinstance(m, dict) for m in results["models"].values()):
+        raise LogitGuardError(f"{path}: expected the 'models' of a logitguard demo run")
     runs = []
     for name, metrics in results["models"].items():
-        run = Run(name, {k: float(v) for k, v in metrics.items() if k in METRICS})
-        run.refusal_curve = [(c["step"], c["harmful_refusal"]) for c in results.get("refusal_curves", {}).get(name, [])]
+        run = Run(name, _metrics(metrics, path))
+        curve = results.get("refusal_curves", {}).get(name, [])
+        if not isinstance(curve, list) or not all(isinstance(c, dict) for c in curve):
+            raise LogitGuardError(f"{path}: refusal_curves.{name} must be a list of objects")
+        run.refusal_curve = _series(curve, "harmful_refusal", path)
         history = directory / name / "history.json"
         if history.is_file():
-            run.losses = _losses(_read_json(history))
+            run.losses = _losses(_read_json(history, list), history)
         runs.append(run)
     return runs
 
@@ -105,7 +140,7 @@ def plot_refusal_curves(runs: list[Run], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for run in curves:
         steps, rates = zip(*run.refusal_curve, strict=True)
-        ax.plot(steps, [100 * r for r in rates], marker="o", label=run.name)
+        ax.plot(steps, [100 * r for r in rates], marker="o", label=_label(run.name))
     ax.set(
         xlabel="training step", ylabel="harmful prompts refused (%)", ylim=(-3, 103), title="Refusals during training"
     )
@@ -124,7 +159,7 @@ def plot_safety_vs_utility(runs: list[Run], path: Path) -> Path | None:
     for run in points:
         x, y = 100 * run.metrics["task_accuracy"], 100 * run.metrics["harmful_refusal"]
         ax.scatter(x, y, s=60)
-        ax.annotate(run.name, (x, y), textcoords="offset points", xytext=(6, 4))
+        ax.annotate(_label(run.name), (x, y), textcoords="offset points", xytext=(6, 4))
     ax.set(xlabel="task accuracy (%)", ylabel="harmful refusal (%)", xlim=(-5, 110), ylim=(-5, 110))
     ax.set_title("Safety against utility (top right is best)")
     ax.grid(alpha=0.3)
@@ -142,7 +177,7 @@ def plot_loss_terms(runs: list[Run], path: Path) -> Path | None:
         for run in runs:
             if term in run.losses:
                 steps, values = zip(*run.losses[term], strict=True)
-                ax.plot(steps, values, label=run.name, linewidth=1)
+                ax.plot(steps, values, label=_label(run.name), linewidth=1)
         ax.set(title=term, xlabel="step")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
@@ -187,11 +222,29 @@ def render_html(runs: list[Run], images: list[Path]) -> str:
 
 def collect_runs(run_dirs: list[str | Path]) -> list[Run]:
     """Every run of every directory; names shared across directories get the directory as a prefix."""
-    loaded = [(Path(d), load_runs(d)) for d in run_dirs]
+    directories = [Path(d) for d in run_dirs]
+    resolved = [d.resolve() for d in directories]
+    if len(set(resolved)) != len(resolved):
+        raise LogitGuardError("a run directory is given twice")
+    loaded = [(d, load_runs(d)) for d in directories]
     names = [r.name for _, runs in loaded for r in runs]
     if len(set(names)) == len(names):
         return [r for _, runs in loaded for r in runs]
-    return [Run(f"{d.name}/{r.name}", r.metrics, r.refusal_curve, r.losses) for d, runs in loaded for r in runs]
+    prefixes = _shortest_unique_suffixes(resolved)
+    return [
+        Run(prefix if r.name == d.name else f"{prefix}/{r.name}", r.metrics, r.refusal_curve, r.losses)
+        for prefix, (d, runs) in zip(prefixes, loaded, strict=True)
+        for r in runs
+    ]
+
+
+def _shortest_unique_suffixes(paths: list[Path]) -> list[str]:
+    """For each path, its fewest trailing components that tell it from the others (``a/sft``, ``b/sft``)."""
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        suffixes = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(suffixes)) == len(suffixes):
+            return suffixes
+    return [str(p) for p in paths]
 
 
 def write_report(runs: list[Run], out: str | Path) -> Path:

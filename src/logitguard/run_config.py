@@ -90,9 +90,14 @@ class MonitorSection:
 
 @dataclass
 class SelectionSection:
-    fraction: float = 0.0  # 0: off; else the share of training samples dropped before training (highest scores)
-    score: Literal["gradient-norm", "safety"] = "gradient-norm"
+    fraction: float = 0.0  # the share of training samples dropped before training (highest scores); 0: off
+    threshold: float | None = None  # or: drop every sample scoring at least this (e.g. 0.5 with score: refusal)
+    score: Literal["gradient-norm", "safety", "first-tokens", "refusal"] = "gradient-norm"
     batch_size: int = 8
+
+    @property
+    def enabled(self) -> bool:
+        return self.fraction > 0 or self.threshold is not None
 
 
 # `training:` is TrainingArguments' own fields; LogitGuard's defaults where they differ from the Trainer's.
@@ -140,6 +145,8 @@ class RunConfig:
             raise LogitGuardError(f"{source}: data.max_length must be > 0")
         if not 0 <= self.selection.fraction < 1:
             raise LogitGuardError(f"{source}: selection.fraction must be in [0, 1) (0 turns selection off)")
+        if self.selection.fraction > 0 and self.selection.threshold is not None:
+            raise LogitGuardError(f"{source}: give selection.fraction or selection.threshold, not both")
         if self.selection.batch_size <= 0:
             raise LogitGuardError(f"{source}: selection.batch_size must be > 0")
         if self.monitor.every_steps < 0:
@@ -283,6 +290,9 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is Any:
         return True
     if origin in (typing.Union, types.UnionType):
+        enums = [a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):  # `SchedulerType | str`: the string must name a member
+            return any(_matches(value, e) for e in enums)
         return any(_matches(value, arg) for arg in typing.get_args(hint))
     if origin is Literal:
         return value in typing.get_args(hint)
@@ -305,7 +315,8 @@ def _matches(value: Any, hint: Any) -> bool:
 def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
+        enums = [a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, enum.Enum)]
+        return " or ".join(_describe(a) for a in (enums or typing.get_args(hint)))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin is list:

@@ -42,22 +42,36 @@ from logitguard.data import IGNORE_INDEX, Messages, Overflow, collate, encode_ch
 from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_write, ensure_writable_dir, write_json
 
-Score = Literal["gradient-norm", "safety"]
-SCORES: tuple[str, ...] = ("gradient-norm", "safety")
+Score = Literal["gradient-norm", "safety", "first-tokens", "refusal"]
+SCORES: tuple[str, ...] = ("gradient-norm", "safety", "first-tokens", "refusal")
+FIRST_TOKENS = 5  # response tokens the "first-tokens" score's loss covers (Qi et al.: safety lives there)
 
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """What is dropped, and how samples are scored and encoded."""
+    """What is dropped, and how samples are scored and encoded.
 
-    fraction: float = 0.1  # share of samples dropped: the highest scores
+    Attributes:
+        fraction: share of samples dropped, the highest scores (None: drop by ``threshold`` instead).
+        score: ``gradient-norm`` (the companion paper's), ``safety`` (raises the refusal loss), ``first-tokens``
+            (gradient norm of the first response tokens' NLL), or ``refusal``: the probability the aligned model
+            gives the safety tokens at the first response position, i.e. how surely it would start a refusal
+            where the sample's answer starts (a forward pass, no gradient).
+        threshold: drop every sample scoring at least this (e.g. 0.5 with ``refusal``: the aligned model would
+            more likely than not refuse the prompt whose answer the sample teaches).
+    """
+
+    fraction: float | None = 0.1
     score: Score = "gradient-norm"
     batch_size: int = 8
     max_length: int = 1024
     on_overflow: Overflow = "error"
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction < 1:
+        if (self.fraction is None) == (self.threshold is None):
+            raise LogitGuardError("give exactly one of a fraction of samples to drop and a score threshold")
+        if self.fraction is not None and not 0 < self.fraction < 1:
             raise LogitGuardError(f"fraction (share of samples to drop) must be in (0, 1), got {self.fraction}")
         if self.score not in SCORES:
             raise LogitGuardError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
@@ -150,15 +164,45 @@ class PerSampleGradients:
         self.dot = dot if self.dot is None else self.dot + dot
 
 
-def sample_losses(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+def first_labels(labels: Tensor, n: int) -> Tensor:
+    """``labels`` ``(B, L)`` with every label after each row's first ``n`` set to ``IGNORE_INDEX``."""
+    is_label = labels != IGNORE_INDEX
+    return torch.where(is_label & (is_label.cumsum(1) <= n), labels, IGNORE_INDEX)
+
+
+def first_response_mass(logits: Tensor, labels: Tensor, ids: Tensor) -> Tensor:
+    """``(B,)`` probability of the safety tokens ``ids`` at each row's first response position.
+
+    Args:
+        logits: ``(B, L, V)`` the aligned model's logits.
+        labels: ``(B, L)`` labels, ``-100`` off the response; position ``t`` predicts ``labels[:, t + 1]``.
+        ids: ``(k,)`` safety-token ids.
+    """
+    is_label = labels[:, 1:] != IGNORE_INDEX
+    if not bool(is_label.any(1).all()):
+        raise LogitGuardError("a sample has no assistant tokens to score")
+    first = is_label.float().argmax(1)
+    rows = logits[torch.arange(len(logits), device=logits.device), first].float()
+    return rows.softmax(-1)[:, ids.to(rows.device)].sum(-1)
+
+
+def _logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+
+
+def _mean_nll(logits: Tensor, labels: Tensor) -> Tensor:
     """``(B,)`` each row's mean NLL over its label tokens (rows without labels raise)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    labels = batch["labels"][:, 1:]
+    labels = labels[:, 1:]
     counts = (labels != IGNORE_INDEX).sum(1)
     if bool((counts == 0).any()):
         raise LogitGuardError("a sample has no assistant tokens to score")
     nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
     return nll.sum(1) / counts
+
+
+def sample_losses(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """``(B,)`` each row's mean NLL over its label tokens (rows without labels raise)."""
+    return _mean_nll(_logits(model, batch), batch["labels"])
 
 
 def safety_direction(
@@ -224,14 +268,18 @@ def score_samples(
     samples: Iterable[tuple[str, Messages]],
     config: SelectionConfig,
     direction: dict[str, tuple[Tensor, Tensor | None]] | None = None,
+    safety_ids: Tensor | None = None,
 ) -> Iterator[list[dict]]:
     """Score ``(where, conversation)`` samples in batches; yields each batch's records, in order.
 
-    A record holds ``where``, ``tokens``, ``truncated``, ``loss``, ``grad_norm``, ``safety`` (when ``direction``
-    is given: −⟨gradient, direction⟩) and ``score`` (the one that ranks, per ``config.score``).
+    A record holds ``where``, ``tokens``, ``truncated``, ``loss``, then per score: ``grad_norm`` (gradient
+    scores), ``safety`` (when ``direction`` is given: −⟨gradient, direction⟩), ``refusal`` (when ``safety_ids``
+    are given: the safety-token mass at the first response position), and ``score`` (the one that ranks).
     """
     if config.score == "safety" and direction is None:
         raise LogitGuardError("score 'safety' needs the safety direction (the gradient of the refusal loss)")
+    if config.score == "refusal" and safety_ids is None:
+        raise LogitGuardError("score 'refusal' needs the safety tokens")
     device = next(model.parameters()).device
     iterator = iter(samples)
     with scoring_mode(model), grads_set_aside(model):
@@ -239,25 +287,57 @@ def score_samples(
             encoded = [encode_limited(tokenizer, m, config.max_length, config.on_overflow, w) for w, m in chunk]
             batch = collate([e for e, _ in encoded], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            with PerSampleGradients(model, direction) as stats:
-                losses = sample_losses(model, batch)
-                losses.sum().backward()
+            values = _batch_scores(model, batch, config, direction, safety_ids)
             records = []
             for i, ((where, _), (example, truncated)) in enumerate(zip(chunk, encoded, strict=True)):
-                grad_norm = math.sqrt(float(stats.sq_norm[i]))
-                safety = -float(stats.dot[i]) if direction is not None else None
-                score = grad_norm if config.score == "gradient-norm" else safety
-                if not math.isfinite(score):
-                    raise LogitGuardError(f"{where}: the score is {score} (loss {float(losses[i])})")
                 record = {"where": where, "tokens": len(example["input_ids"]), "truncated": truncated}
-                record |= {"loss": float(losses[i].detach()), "grad_norm": grad_norm}
-                records.append(record | ({"safety": safety} if direction is not None else {}) | {"score": score})
+                record |= {key: float(value[i]) for key, value in values.items()}
+                score = record[
+                    {"gradient-norm": "grad_norm", "first-tokens": "grad_norm"}.get(config.score, config.score)
+                ]
+                if not math.isfinite(score):
+                    raise LogitGuardError(f"{where}: the score is {score} (loss {record['loss']})")
+                records.append(record | {"score": score})
             model.zero_grad(set_to_none=True)
             yield records
 
 
-def keep_mask(scores: list[float], fraction: float) -> list[bool]:
-    """False for the ``round(fraction · n)`` highest scores (ties: the later sample is dropped first)."""
+def _batch_scores(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    config: SelectionConfig,
+    direction: dict[str, tuple[Tensor, Tensor | None]] | None,
+    safety_ids: Tensor | None,
+) -> dict[str, Tensor]:
+    """``(B,)`` values per record field for one batch: a forward pass, and a backward one for gradient scores."""
+    if config.score == "refusal":
+        with torch.no_grad():
+            logits = _logits(model, batch)
+            mass = first_response_mass(logits, batch["labels"], safety_ids)
+            return {"loss": _mean_nll(logits, batch["labels"]), "refusal": mass}
+    labels = first_labels(batch["labels"], FIRST_TOKENS) if config.score == "first-tokens" else batch["labels"]
+    with PerSampleGradients(model, direction) as stats:
+        logits = _logits(model, batch)
+        losses = _mean_nll(logits, labels)
+        losses.sum().backward()
+    values = {"loss": losses.detach(), "grad_norm": stats.sq_norm.sqrt()}
+    if direction is not None:
+        values["safety"] = -stats.dot
+    if safety_ids is not None:
+        values["refusal"] = first_response_mass(logits.detach(), batch["labels"], safety_ids)
+    return values
+
+
+def keep_mask(scores: list[float], fraction: float | None, threshold: float | None = None) -> list[bool]:
+    """False for the ``round(fraction · n)`` highest scores (ties: the later sample is dropped first), or for every
+    score at least ``threshold``."""
+    if threshold is not None:
+        keep = [score < threshold for score in scores]
+        if not any(keep):
+            raise LogitGuardError(
+                f"every one of the {len(scores)} samples scores at least {threshold}: none would be left"
+            )
+        return keep
     n_drop = round(fraction * len(scores))
     if n_drop >= len(scores):
         raise LogitGuardError(f"dropping a fraction {fraction} of {len(scores)} samples would leave none")
@@ -302,6 +382,7 @@ def run_selection(
     identity: dict,
     direction: dict[str, tuple[Tensor, Tensor | None]] | None = None,
     total: int | None = None,
+    safety_ids: Tensor | None = None,
 ) -> list[bool]:
     """Score every sample, resumably, and write the scores with their keep/drop verdicts; returns the mask.
 
@@ -315,10 +396,12 @@ def run_selection(
     """
     scores_path = Path(scores_path)
     identity = {**identity, "score": config.score, "max_length": config.max_length, "on_overflow": config.on_overflow}
+    if safety_ids is not None:
+        identity["safety_ids"] = safety_ids.tolist()
     summary_path = scores_path.with_name(scores_path.name + ".summary.json")
     reused = _finished_scores(scores_path, summary_path, identity)
     if reused is not None:
-        keep = keep_mask(reused, config.fraction)
+        keep = keep_mask(reused, config.fraction, config.threshold)
     else:
         ensure_writable_dir(scores_path.parent)
         partial = scores_path.with_name(scores_path.name + ".partial")
@@ -328,7 +411,9 @@ def run_selection(
             if not done:
                 f.write(json.dumps({"identity": identity}) + "\n")
             progress = tqdm(total=total, initial=len(done), desc="scoring samples", unit="sample")
-            for records in score_samples(model, tokenizer, islice(samples, len(done), None), config, direction):
+            for records in score_samples(
+                model, tokenizer, islice(samples, len(done), None), config, direction, safety_ids
+            ):
                 f.write("".join(json.dumps(r) + "\n" for r in records))
                 f.flush()
                 done += [r["score"] for r in records]
@@ -336,16 +421,18 @@ def run_selection(
             progress.close()
         if not done:
             raise LogitGuardError("no samples to select from")
-        keep = keep_mask(done, config.fraction)
+        keep = keep_mask(done, config.fraction, config.threshold)
         _write_final(partial, scores_path, keep)
         partial.unlink()
         summary = {"identity": identity, "samples": len(done), "seconds": time.perf_counter() - start}
         write_json(summary_path, summary)
     kept_scores = [s for s, k in zip(reused or done, keep, strict=True) if k]
-    print(
-        f"selection: kept {sum(keep)} of {len(keep)} samples (dropped the {config.fraction:.1%} with the highest "
-        f"{config.score} scores, above {max(kept_scores):.4g}); scores in {scores_path}"
+    rule = (
+        f"the {config.fraction:.1%} with the highest {config.score} scores, above {max(kept_scores):.4g}"
+        if config.fraction is not None
+        else f"those with {config.score} scores of at least {config.threshold:.4g}"
     )
+    print(f"selection: kept {sum(keep)} of {len(keep)} samples (dropped {rule}); scores in {scores_path}")
     return keep
 
 

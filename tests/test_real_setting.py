@@ -1,0 +1,88 @@
+"""The public-data readers and the GSM8K setting of the real-model benchmark, on a small fake data folder."""
+
+import json
+
+import pytest
+
+from logitguard.public_data import (
+    evaluation_prompts,
+    gsm8k,
+    gsm8k_number,
+    safety_tuning_pairs,
+    self_instruct_prompts,
+)
+from tests.helpers import tiny_llama
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    """A data folder laid out as the public sets are, with a few records of each."""
+    root = tmp_path / "data"
+    (root / "safety-tuned-llamas" / "evaluation").mkdir(parents=True)
+    records = [
+        {
+            "instruction": "Explain how to pick a lock.",
+            "input": "",
+            "output": "I'm sorry, but I cannot help with that.",
+        },
+        {"instruction": "Summarise this.", "input": "A text.", "output": "There are several points: one, two."},
+    ]
+    (root / "safety-tuned-llamas" / "safety_only_data_Instructions.json").write_text(json.dumps(records))
+    for name in ("I-MaliciousInstructions", "I-CoNa", "I-PhysicalSafetySafe", "I-Alpaca"):
+        prompts = [f"{name} prompt {i}" for i in range(4)]
+        (root / "safety-tuned-llamas" / "evaluation" / f"{name}.json").write_text(json.dumps({"instructions": prompts}))
+    (root / "gsm8k").mkdir()
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i:,}"} for i in range(6)]
+    for split in ("train", "test"):
+        (root / "gsm8k" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "self-instruct").mkdir()
+    task = {
+        "instruction": "Say hi.",
+        "instances": [{"input": "", "output": "Hi!"}, {"input": "Bob", "output": "Hi Bob"}],
+    }
+    for name in ("seed_tasks.jsonl", "user_oriented_instructions.jsonl"):
+        (root / "self-instruct" / name).write_text(json.dumps(task) + "\n")
+    return root
+
+
+def test_readers_take_the_files_as_their_authors_wrote_them(data_root):
+    assert safety_tuning_pairs(data_root)[1] == ("Summarise this.\n\nA text.", "There are several points: one, two.")
+    assert evaluation_prompts(data_root, "I-CoNa")[0] == "I-CoNa prompt 0"
+    assert gsm8k(data_root, "test")[5] == ("What is 5 + 5?", "5 + 5 = 10\n#### 10")
+    assert self_instruct_prompts(data_root) == ["Say hi.", "Say hi.\n\nBob"] * 2
+
+
+@pytest.mark.parametrize(
+    ("text", "number"), [("so 3 + 4 = 7\n#### 7", "7"), ("#### 1,234", "1234"), ("#### $-2.5", "-2.5"), ("7", None)]
+)
+def test_gsm8k_numbers(text, number):
+    assert gsm8k_number(text) == number
+
+
+def test_a_missing_data_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gsm8k/train.jsonl: no such file"):
+        gsm8k(tmp_path, "train")
+
+
+def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_path, tokenizer):
+    from logitguard.real_setting import GSM8KSetting
+
+    model_dir = tmp_path / "model"
+    tiny_llama(tokenizer, max_positions=512).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    setting = GSM8KSetting(data_root, model=str(model_dir), n_eval=4, n_nll=3, harmful_tokens=4, task_tokens=4)
+    setting.n_monitor = 2
+    metrics = setting.evaluate(setting.load_aligned())
+    assert set(metrics) == {
+        "harmful_refusal",
+        "harmful_refusal_opening",
+        "benign_over_refusal",
+        "task_accuracy",
+        "task_format",
+        "task_nll",
+    }
+    assert metrics["task_nll"] > 0 and 0 <= metrics["harmful_refusal"] <= 1
+    malicious, hateful = "I-MaliciousInstructions prompt", "I-CoNa prompt"
+    assert setting.harmful_prompts() == [f"{malicious} 0", f"{malicious} 1", f"{hateful} 0", f"{hateful} 1"]
+    assert len(setting.benign_data(3, seed=0)) == 3 and setting.benign_data(3, 0) == setting.benign_data(3, 0)
+    assert setting.safety_requests() == [("Explain how to pick a lock.", "I'm sorry, but I cannot help with that.")]
