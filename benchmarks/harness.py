@@ -62,9 +62,13 @@ def cell(values: Sequence[float], percent: bool = True) -> str:
 
 
 def summarize(
-    rows: list[dict], rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]], steps: int
+    rows: list[dict],
+    rows_spec: dict[str, dict],
+    metrics: dict[str, tuple[str, bool]],
+    steps: int,
+    aligned: dict | None = None,
 ) -> tuple[list[dict], list[str]]:
-    """Per method and scenario: the JSON summary objects and the markdown table lines.
+    """Per method and scenario: the JSON summary objects and the markdown table lines (the aligned model first).
 
     ``metrics`` maps a metric key to its column name and whether it is a percentage.
     """
@@ -77,6 +81,12 @@ def summarize(
         lines += [f"\n{scenario}: seeds {seeds}, {steps} steps, mean ± std\n"]
         header = ["method", "seeds", *(name for name, _ in metrics.values()), "× SFT time", "× SFT memory"]
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        if aligned:
+            cells = [
+                ("—" if key not in aligned else f"{100 * aligned[key]:.1f}%" if percent else f"{aligned[key]:.2f}")
+                for key, (_, percent) in metrics.items()
+            ]
+            lines += ["| aligned model (before fine-tuning) | — | " + " | ".join([*cells, "—", "—"]) + " |"]
         sft = {r["seed"]: r for r in scenario_rows if r["method"] == "sft"}
         for method in rows_spec:
             runs = [r for r in scenario_rows if r["method"] == method]
@@ -131,8 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, dict], o
 
 def print_tables(path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]]) -> dict:
     data = json.loads(path.read_text(encoding="utf-8"))
-    print(f"aligned model: {data['aligned']}")
-    print("\n".join(summarize(data["rows"], rows_spec, metrics, data["methods"][0]["steps"])[1]))
+    print("\n".join(summarize(data["rows"], rows_spec, metrics, data["methods"][0]["steps"], data["aligned"])[1]))
     return data
 
 
@@ -167,8 +176,7 @@ def run_all(
             print(f"{scenario} | {method} | seed {seed}: {rows[-1]}", flush=True)
             summary, _ = summarize(rows, rows_spec, metrics, args.steps)
             write_json(path, {"aligned": aligned, "rows": rows, "methods": summary})
-    print(f"\naligned model: {aligned}")
-    print("\n".join(summarize(rows, rows_spec, metrics, args.steps)[1]))
+    print("\n".join(summarize(rows, rows_spec, metrics, args.steps, aligned)[1]))
     return rows
 
 
@@ -183,10 +191,17 @@ def selection_outcome(examples: list, keep: list[bool], harmful: list) -> dict:
     return outcome
 
 
-def scenario_table(path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]], scenario: str) -> str:
-    """The markdown table of one scenario of a results JSON (the scenario's name, or its first word)."""
+def scenario_table(
+    path: Path,
+    rows_spec: dict[str, dict],
+    metrics: dict[str, tuple[str, bool]],
+    scenario: str,
+    methods: list[str] | None = None,
+) -> str:
+    """The markdown table of one scenario of a results JSON (the scenario's name, or its first word), optionally
+    of the named ``methods`` only."""
     data = json.loads(path.read_text(encoding="utf-8"))
     name = next(s for s in SCENARIOS if s == scenario or s.split()[0] == scenario)
-    rows = [r for r in data["rows"] if r["scenario"] == name]
-    lines = summarize(rows, rows_spec, metrics, data["methods"][0]["steps"])[1]
+    rows = [r for r in data["rows"] if r["scenario"] == name and (methods is None or r["method"] in methods)]
+    lines = summarize(rows, rows_spec, metrics, data["methods"][0]["steps"], data["aligned"])[1]
     return "\n".join(line for line in lines if line.startswith("|"))

@@ -49,24 +49,7 @@ METRICS = {
     "task_nll": ("GSM8K answer NLL", False),
 }
 ROOT = Path(__file__).parents[1]
-N_TRAIN = 320
 N_MANY_ANCHORS = 256
-
-
-def finetune_config(seed: int, steps: int):
-    from logitguard.experiment import FinetuneConfig
-    from logitguard.run_config import LoraSection
-
-    return FinetuneConfig(
-        steps=steps,
-        batch_size=8,
-        lr=3e-4,
-        warmup_steps=4,
-        seed=seed,
-        monitor_every=0,
-        logging_steps=5,
-        lora=LoraSection(r=16, alpha=32, dropout=0.05),
-    )
 
 
 def prepare(work: Path, data_root: Path, seed: int = 0) -> dict:
@@ -121,14 +104,14 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, wor
     from logitguard.baselines import mix_safety_examples
     from logitguard.discovery import SafetyTokens
     from logitguard.experiment import finetune, lora_model
-    from logitguard.real_setting import GSM8KSetting
+    from logitguard.real_setting import N_TRAIN, GSM8KSetting, finetune_config
     from logitguard.selection import anchor_refusal_batch, run_selection, safety_direction
 
     torch.set_num_threads(threads)
     work_dir = Path(work)
     spec = ROWS[method]
     setting = GSM8KSetting(Path(data_root))
-    tune = finetune_config(seed, steps)
+    tune = replace(finetune_config(seed, steps), monitor_every=0)
     tokens = SafetyTokens.load(work_dir / "default" / "safety_tokens.json")
     anchors = AnchorCache.load(work_dir / spec.get("anchors", "default") / "anchors.safetensors")
     harmful = [tuple(p) for p in json.loads((work_dir / "harmful_compliance.json").read_text())]

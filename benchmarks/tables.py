@@ -3,8 +3,9 @@
 Run: python benchmarks/tables.py            (rewrite the tables in README.md, benchmarks/README.md and docs/*.md)
      python benchmarks/tables.py --check    (exit 1 if a table differs from its JSON; a test runs this)
 
-A table is a block ``<!-- table: KIND [ARGS] -->`` ... ``<!-- /table -->``; KIND is ``methods FILE SCENARIO``
-(the toy's methods.json or str_settings.json), ``real FILE SCENARIO`` (real_smollm2.json), or the name of a
+A table is a block ``<!-- table: KIND [ARGS] -->`` ... ``<!-- /table -->``; KIND is ``methods FILE SCENARIO
+[rows=NAME|NAME...]`` (the toy's methods.json or str_settings.json, optionally only the rows named),
+``real FILE SCENARIO [rows=...]`` (real_smollm2.json), or the name of a
 benchmark with a ``table`` function of its own results JSON: ``str_overhead``, ``regularizer_cost``,
 ``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``.
 """
@@ -24,15 +25,21 @@ DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "
 BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 
 
+MISSING = "_No results yet: run the command above._"
+
+
 def render(spec: str) -> str:
-    """The markdown of one table block's spec."""
-    kind, *args = spec.split()
+    """The markdown of one table block's spec (a note, when its results file does not exist yet)."""
+    kind, *args = spec.split(maxsplit=3)
+    if not (RESULTS / (args[0] if kind in ("methods", "real") else f"{kind}.json")).is_file():
+        return MISSING
     sys.path.insert(0, str(ROOT / "benchmarks"))
     if kind in ("methods", "real"):
         from harness import scenario_table
 
         module = importlib.import_module("methods" if kind == "methods" else "real_smollm2")
-        return scenario_table(RESULTS / args[0], module.ROWS, module.METRICS, args[1])
+        rows = args[2].removeprefix("rows=").split("|") if len(args) > 2 else None
+        return scenario_table(RESULTS / args[0], module.ROWS, module.METRICS, args[1], rows)
     module = importlib.import_module(kind)
     return module.table(json.loads((RESULTS / f"{kind}.json").read_text(encoding="utf-8")))
 

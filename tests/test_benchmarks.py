@@ -69,3 +69,11 @@ def test_selection_breakdown(tmp_path, toy):
     benchmark("selection_breakdown").main(["--out", str(out), "--limit", "64"])
     rows = json.loads(out.read_text())["rows"]
     assert {r["score"] for r in rows} == {"gradient-norm", "safety", "first-tokens", "refusal"}
+
+
+@pytest.mark.slow
+def test_refusal_continuation(tmp_path, toy):
+    out = tmp_path / "continuation.json"
+    benchmark("refusal_continuation").main(["--seeds", "0", "--steps", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["variant"] for r in rows} == set(benchmark("refusal_continuation").VARIANTS)

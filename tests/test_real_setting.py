@@ -70,7 +70,9 @@ def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_
     model_dir = tmp_path / "model"
     tiny_llama(tokenizer, max_positions=512).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    setting = GSM8KSetting(data_root, model=str(model_dir), n_eval=4, n_nll=3, harmful_tokens=4, task_tokens=4)
+    setting = GSM8KSetting(
+        data_root, model=str(model_dir), n_eval=4, n_task=2, n_nll=3, harmful_tokens=4, task_tokens=4
+    )
     setting.n_monitor = 2
     metrics = setting.evaluate(setting.load_aligned())
     assert set(metrics) == {

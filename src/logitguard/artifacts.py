@@ -81,3 +81,24 @@ def safety_artifacts(
         anchors = build_anchor_cache(model, tokenizer, refusal_data(), tokens)
         anchors.save(anchors_path)
     return tokens, anchors
+
+
+def section_artifacts(section, model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path):
+    """The artifacts a run's ``str`` settings (:class:`~logitguard.run_config.STRSection`) name, or new ones in
+    ``out``; the main process makes them, the others read them (``logitguard train`` and the integrations)."""
+    from accelerate import PartialState
+
+    from logitguard.prompt_files import read_prompts
+
+    for key, value in (("str.tokens", section.tokens), ("str.anchors", section.anchors)):
+        if value and not Path(value).is_file():
+            raise FileNotFoundError(f"{key}: no such file {value}")
+    tokens_path = Path(section.tokens) if section.tokens else out / TOKENS_FILE
+    uses_anchors = section.str_config().uses_anchors
+    anchors_path = (Path(section.anchors) if section.anchors else out / ANCHORS_FILE) if uses_anchors else None
+    harmful = read_prompts(section.harmful) if section.harmful else HARMFUL_PROMPTS
+    k = None if section.tokens else section.k  # a given artifact has the k it was made with
+    with PartialState().main_process_first():
+        return safety_artifacts(
+            model, tokenizer, tokens_path, anchors_path, harmful=harmful, refusals=section.refusals, k=k
+        )

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"logitguard: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"logitguard.commands.{name}")
+    module = importlib.import_module(f"logitguard.commands.{name.replace('-', '_')}")
     try:
         return module.main(rest)
     except (LogitGuardError, OSError) as error:

@@ -153,8 +153,7 @@ def run_real_demo(model: str, data_root: Path, out: Path, steps: int = 40, seed:
     STR's artifacts come from the model's own refusals to the built-in harmful prompts; the refusal curve is
     measured every 10 steps on held-out harmful prompts. Writes what :func:`run_demo` writes.
     """
-    from logitguard.real_setting import GSM8KSetting
-    from logitguard.run_config import LoraSection
+    from logitguard.real_setting import N_TRAIN, GSM8KSetting, finetune_config
 
     ensure_writable_dir(out)
     started = time.perf_counter()
@@ -163,17 +162,8 @@ def run_real_demo(model: str, data_root: Path, out: Path, steps: int = 40, seed:
     aligned = {"metrics": setting.evaluate(aligned_model), "samples": setting.samples(aligned_model)}
     tokens, anchors = safety_artifacts(aligned_model, setting.tokenizer, out / TOKENS_FILE, out / ANCHORS_FILE)
     del aligned_model
-    tune = FinetuneConfig(
-        steps=steps,
-        batch_size=8,
-        lr=3e-4,
-        warmup_steps=4,
-        seed=seed,
-        monitor_every=10,
-        logging_steps=5,
-        lora=LoraSection(r=16, alpha=32, dropout=0.05),
-    )
-    data = setting.benign_data(320, seed)
+    tune = finetune_config(seed, steps)
+    data = setting.benign_data(N_TRAIN, seed)
     str_config = STRConfig()
     results = {
         "aligned": aligned,

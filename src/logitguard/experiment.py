@@ -21,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from logitguard.anchors import AnchorCache
+from logitguard.custom_loop import TrainConfig
 from logitguard.data import collate, encode_chat
 from logitguard.discovery import SafetyTokens
 from logitguard.errors import LogitGuardError
@@ -45,24 +46,12 @@ class Setting(Protocol):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainConfig):
     """Settings of one fine-tuning run (``TrainingArguments`` and LoRA), the same for every method compared."""
 
-    steps: int = 100
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup_steps: int = 10
-    seed: int = 0
     lora: LoraSection = field(default_factory=LoraSection)
     monitor_every: int = 50  # refusal-curve points (0: none)
     logging_steps: int = 10
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise LogitGuardError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise LogitGuardError(f"lr must be > 0, got {self.lr}")
 
     def training_arguments(self, output_dir: Path, progress: bool = True):
         from transformers import TrainingArguments
@@ -74,6 +63,8 @@ class FinetuneConfig:
             learning_rate=self.lr,
             lr_scheduler_type="cosine",
             warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
             logging_steps=self.logging_steps,
             save_strategy="no",
             report_to=[],

@@ -26,6 +26,25 @@ from logitguard.public_data import evaluation_prompts, gsm8k, gsm8k_number, safe
 from logitguard.refusal import judge_response, refusal_rates
 
 Pairs = list[tuple[str, str]]
+LEARNING_RATE = 3e-4
+N_TRAIN = 320  # short GSM8K training problems of a fine-tuning run
+
+
+def finetune_config(seed: int = 0, steps: int = 40):
+    """The fine-tuning of the real-model demo and benchmark: LoRA r=16 on every linear layer, batch 8, cosine."""
+    from logitguard.experiment import FinetuneConfig
+    from logitguard.run_config import LoraSection
+
+    return FinetuneConfig(
+        steps=steps,
+        batch_size=8,
+        lr=LEARNING_RATE,
+        warmup_steps=4,
+        seed=seed,
+        monitor_every=10,
+        logging_steps=5,
+        lora=LoraSection(r=16, alpha=32, dropout=0.05),
+    )
 
 
 @torch.no_grad()
@@ -57,7 +76,8 @@ class GSM8KSetting:
     Attributes:
         data_root: the public data folder.
         model: the aligned model (a built-in name, a folder, a .gguf file).
-        n_eval: prompts per safety split (harmful, benign) and GSM8K test problems generated.
+        n_eval: prompts per safety split (harmful, benign).
+        n_task: GSM8K test problems answered by generation (accuracy and format).
         n_nll: GSM8K test problems whose gold answers are scored by NLL.
         max_train_tokens: GSM8K training problems longer than this (prompt + answer) are left out.
     """
@@ -65,10 +85,11 @@ class GSM8KSetting:
     data_root: Path
     model: str = "smollm2-135m-safe"
     n_eval: int = 100
+    n_task: int = 50
     n_nll: int = 100
     max_train_tokens: int = 192
     harmful_tokens: int = 64
-    task_tokens: int = 224
+    task_tokens: int = 192
     monitor_tokens: int = 64
     n_monitor: int = 24
     tokenizer: PreTrainedTokenizerBase = field(init=False)
@@ -107,9 +128,9 @@ class GSM8KSetting:
         harmful = refusal_rates(generate(model, tokenizer, self.harmful_prompts(), self.harmful_tokens, 32, None))
         benign = refusal_rates(generate(model, tokenizer, self.benign_prompts(), 48, 32, None))
         test = gsm8k(self.data_root, "test")
-        answers = generate(model, tokenizer, [q for q, _ in test[: self.n_eval]], self.task_tokens, 32, None)
+        answers = generate(model, tokenizer, [q for q, _ in test[: self.n_task]], self.task_tokens, 25, None)
         numbers = [gsm8k_number(a) for a in answers]
-        gold = [gsm8k_number(a) for _, a in test[: self.n_eval]]
+        gold = [gsm8k_number(a) for _, a in test[: self.n_task]]
         return {
             "harmful_refusal": harmful["refusal"],
             "harmful_refusal_opening": harmful["refusal_opening"],

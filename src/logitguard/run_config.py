@@ -200,7 +200,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise LogitGuardError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise LogitGuardError(f"{path}: a run config is a mapping of sections")
-    lines = _key_lines(node)
+    lines = key_lines(node)
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
@@ -216,23 +216,23 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         except yaml.YAMLError as e:
             raise LogitGuardError(f"override {override!r}: invalid YAML value: {e}") from None
         lines[key] = f"override {override!r}"
-    config = _build(RunConfig, data, "", path, lines)
+    config = build_section(RunConfig, data, "", path, lines)
     config.validate(str(path))
     return config
 
 
-def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, str]:
+def key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, str]:
     """Dotted key -> 'line N' for every key of a composed YAML mapping."""
     found: dict[str, str] = {}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             dotted = f"{prefix}{key.value}"
             found[dotted] = f"line {key.start_mark.line + 1}"
-            found.update(_key_lines(value, dotted + "."))
+            found.update(key_lines(value, dotted + "."))
     return found
 
 
-def _build(cls: type, data: Any, prefix: str, path: Path, lines: dict[str, str]) -> Any:
+def build_section(cls: type, data: Any, prefix: str, path: Path, lines: dict[str, str]) -> Any:
     where = f"{path}, {lines.get(prefix.rstrip('.'), 'top level')}"
     if not isinstance(data, dict):
         raise LogitGuardError(f"{where}: {prefix.rstrip('.') or 'the config'} must be a mapping")
@@ -248,7 +248,7 @@ def _build(cls: type, data: Any, prefix: str, path: Path, lines: dict[str, str])
         if cls is RunConfig and key == "training":
             values[key] = _training_section(value, path, lines)
         elif dataclasses.is_dataclass(hint):
-            values[key] = _build(hint, value, dotted + ".", path, lines)
+            values[key] = build_section(hint, value, dotted + ".", path, lines)
         else:
             values[key] = _check_type(value, hint, dotted, at)
     try:

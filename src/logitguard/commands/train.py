@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -82,27 +83,6 @@ def load_conversations(config: RunConfig) -> list:
     return [record_messages(row, f"{source}[{i}]") for i, row in enumerate(rows)]
 
 
-def prepare_artifacts(config: RunConfig, model, tokenizer, out: Path):
-    """Safety tokens and anchor cache (given files, files of an earlier start of this run, or new ones).
-
-    The main process makes and saves them; the other processes then read them.
-    """
-    from accelerate import PartialState
-
-    from logitguard.artifacts import ANCHORS_FILE, TOKENS_FILE, safety_artifacts
-    from logitguard.builtin_prompts import HARMFUL_PROMPTS
-    from logitguard.prompt_files import read_prompts
-
-    s = config.str
-    tokens_path = Path(s.tokens) if s.tokens else out / TOKENS_FILE
-    uses_anchors = s.enabled and s.str_config().uses_anchors
-    anchors_path = (Path(s.anchors) if s.anchors else out / ANCHORS_FILE) if uses_anchors else None
-    harmful = read_prompts(s.harmful) if s.harmful else HARMFUL_PROMPTS
-    k = None if s.tokens else s.k  # a given artifact has the k it was made with
-    with PartialState().main_process_first():
-        return safety_artifacts(model, tokenizer, tokens_path, anchors_path, harmful=harmful, refusals=s.refusals, k=k)
-
-
 def select_samples(config: RunConfig, model, tokenizer, conversations: list, out: Path, artifacts) -> list[bool]:
     """Gradient-based selection on the model about to be trained (its fresh adapters): the keep mask.
 
@@ -153,6 +133,7 @@ def run(config: RunConfig, resume: bool) -> Path:
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, set_seed
 
+    from logitguard.artifacts import section_artifacts
     from logitguard.builtin_prompts import MONITOR_PROMPTS
     from logitguard.checkpoints import MarkCompleteCheckpoints, resumable_checkpoint, set_aside_incomplete
     from logitguard.data import collate, encode_dataset
@@ -172,7 +153,7 @@ def run(config: RunConfig, resume: bool) -> Path:
         return out
     for key, value in (("str.tokens", config.str.tokens), ("str.anchors", config.str.anchors)):
         if config.str.enabled and value and not Path(value).is_file():
-            raise FileNotFoundError(f"{key}: no such file {value}")
+            raise FileNotFoundError(f"{key}: no such file {value}")  # before anything is written
     tokenizer = load_tokenizer(m.name_or_path, m.trust_remote_code, m.revision, m.chat_template)
     conversations = load_conversations(config)
     encoded = encode_dataset(tokenizer, conversations, d.max_length, d.on_overflow, d.train)
@@ -190,7 +171,10 @@ def run(config: RunConfig, resume: bool) -> Path:
     model = load_model(m.name_or_path, m.trust_remote_code, m.revision, m.dtype, m.load_in_4bit, device)
     # The safety tokens serve STR and the refusal score of selection.
     needs_tokens = config.str.enabled or (config.selection.enabled and config.selection.score == "refusal")
-    artifacts = prepare_artifacts(config, model, tokenizer, out) if needs_tokens else None
+    artifacts = None
+    if needs_tokens:  # no anchors when only selection's refusal score needs the tokens
+        section = config.str if config.str.enabled else replace(config.str, reference="task")
+        artifacts = section_artifacts(section, model, tokenizer, out)
     if config.lora.enabled:
         if m.load_in_4bit:
             checkpointing = config.training.get("activation_checkpointing") or config.training.get(

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.generation import generate
-from logitguard.refusal import refusal_rate, refusal_rates
+from logitguard.refusal import refusal_rates
 from logitguard.toy.corpus import Example, ToyCorpus
 
 # Harmful prompts get long answers, so that a refusal which goes on to comply is seen (a toy refusal is
@@ -46,8 +46,3 @@ def sample_responses(model: nn.Module, tokenizer: PreTrainedTokenizerBase, corpu
     rows = corpus.heldout_harmful[:3] + corpus.heldout_benign[:1] + corpus.heldout_task[:1]
     responses = generate(model, tokenizer, [e.prompt for e in rows], max_new_tokens=HARMFUL_TOKENS, desc=None)
     return [{"kind": e.kind, "prompt": e.prompt, "response": r} for e, r in zip(rows, responses, strict=True)]
-
-
-def monitor_refusal(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> float:
-    """The clean-refusal rate during training, on whole toy answers."""
-    return refusal_rate(generate(model, tokenizer, prompts, max_new_tokens=HARMFUL_TOKENS, desc=None))
