@@ -39,22 +39,34 @@ def first_sentences(text: str, n: int = 2) -> str:
     return " ".join(parts[:n])
 
 
-def own_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[tuple[str, str]]:
-    """The model's greedy answers that end within ``max_new_tokens`` and open with no refusal."""
-    from logitguard.data import prompt_ids
+def complete_part(answer: str) -> str:
+    """``answer`` up to its last complete line, or sentence when it has a single line (an answer cut short by the
+    token budget is taught ending where a line ends, never mid-word)."""
+    cut = answer.rfind("\n")
+    if cut < 0:
+        cut = max(answer.rfind(". "), answer.rfind("! "), answer.rfind("? ")) + 1
+    return answer[:cut].strip()
+
+
+def own_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, cache: Path) -> list[tuple[str, str]]:
+    """The model's greedy answers (cached in ``cache``) that open with no refusal; one cut short by
+    ``max_new_tokens`` ends at its last complete line (:func:`complete_part`), and is dropped if little is left."""
     from logitguard.generation import generate
+    from logitguard.io import write_json
     from logitguard.refusal import opens_with_refusal
 
-    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size=32, desc="own answers")
+    raw = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [p for p in prompts if p not in raw]
+    if missing:
+        answers = generate(model, tokenizer, missing, max_new_tokens, batch_size=32, desc="own answers")
+        raw |= dict(zip(missing, answers, strict=True))
+        write_json(cache, raw)
     kept = []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if (
-            answer
-            and not opens_with_refusal(answer)
-            and len(ids) < max_new_tokens - 2
-            and prompt_ids(tokenizer, prompt)
-        ):
+    for prompt in prompts:
+        answer = raw[prompt]
+        if len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1:
+            answer = complete_part(answer)
+        if len(answer) >= 20 and not opens_with_refusal(answer):
             kept.append((prompt, answer))
     return kept
 
@@ -65,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "src" / "logitguard" / "adapters" / "smollm2-135m-safe")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-harmful", type=int, default=400)
+    parser.add_argument("--n-harmful", type=int, default=300)
     parser.add_argument("--n-self-instruct", type=int, default=200)
     parser.add_argument("--n-sensitive", type=int, default=150)
     parser.add_argument("--n-gsm8k", type=int, default=64)
@@ -108,20 +120,19 @@ def main(argv: list[str] | None = None) -> dict:
         + rng.sample(sensitive, args.n_sensitive)
         + [q for q, _ in rng.sample(gsm8k(args.data_root, "train"), args.n_gsm8k)]
     )
-    cache = work / "own_answers.json"
     model = base.load_aligned()
-    if cache.is_file():
-        benign = [tuple(pair) for pair in json.loads(cache.read_text())]
-    else:
-        benign = own_answers(model, base.tokenizer, benign_prompts, max_new_tokens=160)
-        write_json(cache, benign)
+    benign = own_answers(model, base.tokenizer, benign_prompts, 160, work / "own_answers.json")
     data = harmful + benign
     rng.shuffle(data)
     print(f"{len(harmful)} refusals, {len(benign)} of {len(benign_prompts)} benign answers kept", flush=True)
 
     alpaca = evaluation_prompts(args.data_root, "I-Alpaca")[: args.n_eval]
-    base_answers = own_answers(model, base.tokenizer, alpaca, max_new_tokens=160)
-    results = {"base": base.evaluate(model) | {"own_answer_nll": answer_nll(model, base.tokenizer, base_answers)}}
+    base_answers = own_answers(model, base.tokenizer, alpaca, 160, work / "alpaca_answers.json")
+    base_cache = work / "base_results.json"  # the base model's scores depend on the data and --n-eval only
+    if not base_cache.is_file():
+        nll = answer_nll(model, base.tokenizer, base_answers)
+        write_json(base_cache, base.evaluate(model) | {"own_answer_nll": nll})
+    results = {"base": json.loads(base_cache.read_text())}
     print("base:", results["base"], flush=True)
 
     tune = FinetuneConfig(
@@ -153,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
             "finetune": asdict(tune),
             "data": {
                 "refusals": f"{len(harmful)} safety-tuning requests with clean refusals (first two sentences)",
-                "benign": f"{len(benign)} base-model answers that end within 160 tokens, of {len(benign_prompts)} "
+                "benign": f"{len(benign)} base-model answers (cut back to their last complete line when 160 tokens "
+                f"cut them short), of {len(benign_prompts)} "
                 f"prompts: {args.n_self_instruct} Self-Instruct, {args.n_sensitive} sensitive-but-benign "
                 f"safety-tuning requests, {args.n_gsm8k} GSM8K training problems",
                 "held_out": "every prompt of the Safety-Tuned LLaMAs evaluation sets; GSM8K test",

@@ -48,6 +48,7 @@ METHODS: dict[str, dict] = {
     "selection (drop 10%, refusal score)": {"selection": DROP_BY_REFUSAL},
     "selection (refusal score ≥ 0.5)": {"selection": DROP_REFUSED},
     "selection (refusal score ≥ 0.5) + str": {"selection": DROP_REFUSED, "str": DEFAULT_STR},
+    "str (anchors + task, conflicts defended)": {"str": replace(DEFAULT_STR, reference="both", mask_conflicts=False)},
 }
 SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
 SELECTION_METRICS = ("dropped_harmful", "dropped_benign")

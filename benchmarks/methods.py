@@ -51,6 +51,10 @@ STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str 
         "str": replace(DEFAULT_STR, target_bucket=False),
         "end_token": True,
     },
+    # Anchor coverage: refusals of harmful requests in 1, 2 or 4 of the 8 training phrasings (default: all 8).
+    "str, anchors from 1 phrasing": {"str": DEFAULT_STR, "phrasings": 1},
+    "str, anchors from 2 phrasings": {"str": DEFAULT_STR, "phrasings": 2},
+    "str, anchors from 4 phrasings": {"str": DEFAULT_STR, "phrasings": 4},
 }
 ROWS = METHODS | STR_SETTINGS  # every row the benchmark can run
 METRICS = {
@@ -64,8 +68,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def artifacts_key(spec: dict, default_k: int) -> str:
-    """The folder name of a row's safety tokens and anchors: its k, and whether the end-of-turn token joins them."""
-    return f"k{spec.get('k', default_k)}" + ("+end" if spec.get("end_token") else "")
+    """The folder name of a row's safety tokens and anchors: its k, whether the end-of-turn token joins them, and
+    how many phrasings its anchors come from."""
+    key = f"k{spec.get('k', default_k)}" + ("+end" if spec.get("end_token") else "")
+    return key + (f"+p{spec['phrasings']}" if "phrasings" in spec else "")
 
 
 def prepare_artifacts(aligned, setup, config, key: str, folder: Path) -> None:
@@ -74,9 +80,14 @@ def prepare_artifacts(aligned, setup, config, key: str, folder: Path) -> None:
     from logitguard.demo import make_artifacts
     from logitguard.discovery import SafetyTokens
 
-    k = int(key[1:].removesuffix("+end"))
+    k = int(key[1:].split("+")[0])
     base = folder.parent / f"k{k}"
     make_artifacts(setup.setting, replace(config, k=k), base, aligned)
+    if "+p" in key:  # the same safety tokens; anchors from fewer phrasings
+        phrasings = int(key.split("+p")[1])
+        tokens = SafetyTokens.load(base / "safety_tokens.json")
+        tokens.save(folder / "safety_tokens.json")
+        make_artifacts(setup.setting, replace(config, anchor_phrasings=phrasings), folder, aligned)
     if key.endswith("+end"):  # the same refusals, the end-of-turn token added to the discovered ones
         tokens, tokenizer = SafetyTokens.load(base / "safety_tokens.json"), setup.setting.tokenizer
         cache = AnchorCache.load(base / "anchors.safetensors")

@@ -124,7 +124,7 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, wor
     if "selection" in spec:  # scored on the very adapter about to be trained
         from logitguard.data import chat_messages
 
-        selection = replace(spec["selection"], batch_size=8, max_length=setting.max_train_tokens + 64)
+        selection = replace(spec["selection"], batch_size=8, max_length=256, on_overflow="truncate")
         cost["epoch_steps"] = len(examples) / tune.batch_size
         start = time.perf_counter()
         direction = safety_direction(model, anchor_refusal_batch(anchors)) if selection.score == "safety" else None

@@ -77,3 +77,15 @@ def test_refusal_continuation(tmp_path, toy):
     benchmark("refusal_continuation").main(["--seeds", "0", "--steps", "2", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert {r["variant"] for r in rows} == set(benchmark("refusal_continuation").VARIANTS)
+
+
+def test_safety_vs_task_plot(tmp_path):
+    rows = [
+        {"scenario": scenario, "method": method, "seed": 0, "harmful_refusal": 0.5, "task_accuracy": 0.5}
+        for scenario in ("benign", "harmful (5% harmful compliance mixed in)")
+        for method in ("sft", "str (anchors, default)")
+    ]
+    results = tmp_path / "methods.json"
+    results.write_text(json.dumps({"rows": rows}))
+    out = benchmark("safety_vs_task").main(["--results", str(results), "--out", str(tmp_path / "plot.png")])
+    assert out.read_bytes()[:4] == b"\x89PNG"

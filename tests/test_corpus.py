@@ -68,3 +68,18 @@ def test_alignment_refuses_harmful_and_answers_benign(corpus):
     for e in corpus.aligned:
         assert is_refusal(e.response) == (e.kind == "harmful"), e
     assert not any(is_refusal(e.response) for e in corpus.base + corpus.instruct)
+
+
+def test_anchor_prompts_come_from_the_training_phrasings_asked_for(small_toy):
+    from logitguard.toy.corpus import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
+    from logitguard.toy.setting import ToySetting
+    from tests.helpers import SMALL_RECIPE
+
+    setting = ToySetting(SMALL_RECIPE)
+    first = TRAIN_TEMPLATES[0].split("{act}")[0]
+    one = setting.anchor_prompts(500, seed=0, phrasings=1)
+    assert one and all(p.startswith(first) for p in one)
+    every = setting.anchor_prompts(64, seed=0)
+    assert len(every) == 64 and setting.anchor_prompts(64, seed=0) == every
+    held_out = [t.split("{act}")[0] for t in HELDOUT_TEMPLATES]
+    assert not any(p.startswith(tuple(held_out)) for p in setting.anchor_prompts(2000, seed=0))

@@ -49,6 +49,7 @@ class DemoConfig:
     str_config: STRConfig = field(default_factory=STRConfig)
     k: int = 24
     n_anchor_prompts: int = 256
+    anchor_phrasings: int | None = None  # anchors from the first N training phrasings only (None: all of them)
     n_discovery_benign: int = 128
     recipe: ToyRecipe = field(default_factory=ToyRecipe)
 
@@ -80,7 +81,7 @@ def make_artifacts(
         setting.tokenizer,
         folder / TOKENS_FILE,
         folder / ANCHORS_FILE,
-        harmful=setting.anchor_prompts(config.n_anchor_prompts, config.seed),
+        harmful=setting.anchor_prompts(config.n_anchor_prompts, config.seed, config.anchor_phrasings),
         benign=setting.discovery_benign(config.n_discovery_benign),
         refusals="generate",
         k=config.k,

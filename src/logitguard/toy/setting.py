@@ -9,11 +9,16 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from logitguard.toy.corpus import ToyCorpus, build_corpus
+from logitguard.toy.corpus import TRAIN_TEMPLATES, ToyCorpus, build_corpus
 from logitguard.toy.metrics import HARMFUL_TOKENS, sample_responses, toy_metrics
 from logitguard.toy.model import ToyRecipe, toy_models
 
 Pairs = list[tuple[str, str]]
+
+
+def _in_template(prompt: str, template: str) -> bool:
+    prefix, suffix = template.split("{act}")
+    return prompt.startswith(prefix) and prompt.endswith(suffix)
 
 
 @dataclass
@@ -61,9 +66,12 @@ class ToySetting:
         """Harmful requests in training phrasings with the aligned refusals (SafeInstr's mixed-in data)."""
         return [(e.prompt, e.response) for e in self.corpus.train_harmful]
 
-    def anchor_prompts(self, n: int, seed: int) -> list[str]:
-        """``n`` harmful prompts in training phrasings, drawn under ``seed``: the refusals STR anchors on."""
-        return [e.prompt for e in random.Random(seed).sample(self.corpus.train_harmful, n)]
+    def anchor_prompts(self, n: int, seed: int, phrasings: int | None = None) -> list[str]:
+        """``n`` harmful prompts in training phrasings (the first ``phrasings`` of them, or all), drawn under
+        ``seed``: the refusals STR anchors on. Held-out phrasings are never drawn."""
+        templates = TRAIN_TEMPLATES[:phrasings]
+        pool = [e.prompt for e in self.corpus.train_harmful if any(_in_template(e.prompt, t) for t in templates)]
+        return random.Random(seed).sample(pool, min(n, len(pool)))
 
     def discovery_benign(self, n: int) -> Pairs:
         """Benign requests the aligned model answers, which discovery contrasts with its refusals."""
