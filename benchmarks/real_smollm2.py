@@ -69,16 +69,17 @@ def prepare(work: Path, data_root: Path, seed: int = 0) -> dict:
     random.Random(seed).shuffle(requests)
     many, for_compliance = requests[:N_MANY_ANCHORS], requests[N_MANY_ANCHORS : N_MANY_ANCHORS + 200]
     write_json(work / "refusals.json", [(p, a) for p, a in requests[N_MANY_ANCHORS + 200 :]])
-    model = setting.load_aligned()
     tokens_path = work / "default" / "safety_tokens.json"
-    safety_artifacts(model, setting.tokenizer, tokens_path, work / "default" / "anchors.safetensors")
-    safety_artifacts(
-        model, setting.tokenizer, tokens_path, work / "many" / "anchors.safetensors", harmful=[p for p, _ in many]
-    )
+    anchors_paths = {"default": work / "default" / "anchors.safetensors", "many": work / "many" / "anchors.safetensors"}
     aligned_path = work / "aligned.json"
-    if not aligned_path.is_file():
-        write_json(aligned_path, setting.evaluate(model))
-    del model
+    if not all(path.is_file() for path in (tokens_path, aligned_path, *anchors_paths.values())):
+        model = setting.load_aligned()
+        safety_artifacts(model, setting.tokenizer, tokens_path, anchors_paths["default"])
+        harmful = [p for p, _ in many]
+        safety_artifacts(model, setting.tokenizer, tokens_path, anchors_paths["many"], harmful=harmful)
+        if not aligned_path.is_file():
+            write_json(aligned_path, setting.evaluate(model))
+        del model
     compliance_path = work / "harmful_compliance.json"
     if not compliance_path.is_file():
         unaligned = load_model("smollm2-135m", dtype="float32")
