@@ -68,11 +68,14 @@ def summarize(
     metrics: dict[str, tuple[str, bool]],
     steps: int,
     aligned: dict | None = None,
+    costs: bool = True,
 ) -> tuple[list[dict], list[str]]:
     """Per method and scenario: the JSON summary objects and the markdown table lines (the aligned model first).
 
-    ``metrics`` maps a metric key to its column name and whether it is a percentage.
+    ``metrics`` maps a metric key to its column name and whether it is a percentage; ``costs=False`` leaves the
+    step-time and memory ratios out of the table (runs that shared a device measure no cost).
     """
+    cost_columns = ["× SFT time", "× SFT memory"] if costs else []
     summary, lines = [], []
     for scenario in SCENARIOS:
         scenario_rows = [r for r in rows if r["scenario"] == scenario]
@@ -80,14 +83,15 @@ def summarize(
             continue
         seeds = sorted({r["seed"] for r in scenario_rows})
         lines += [f"\n{scenario}: seeds {seeds}, {steps} steps, mean ± std\n"]
-        header = ["method", "seeds", *(name for name, _ in metrics.values()), "× SFT time", "× SFT memory"]
+        header = ["method", "seeds", *(name for name, _ in metrics.values()), *cost_columns]
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         if aligned:
             cells = [
                 ("—" if key not in aligned else f"{100 * aligned[key]:.1f}%" if percent else f"{aligned[key]:.2f}")
                 for key, (_, percent) in metrics.items()
             ]
-            lines += ["| aligned model (before fine-tuning) | — | " + " | ".join([*cells, "—", "—"]) + " |"]
+            cells += ["—"] * len(cost_columns)
+            lines += ["| aligned model (before fine-tuning) | — | " + " | ".join(cells) + " |"]
         sft = {r["seed"]: r for r in scenario_rows if r["method"] == "sft"}
         for method in rows_spec:
             runs = [r for r in scenario_rows if r["method"] == method]
@@ -103,7 +107,8 @@ def summarize(
                 if "selection_s" in r
             ]
             cells = [cell(values[key], percent) for key, (_, percent) in metrics.items()]
-            cells += [cell(values["time_vs_sft"], False), cell(values["memory_vs_sft"], False)]
+            if costs:
+                cells += [cell(values["time_vs_sft"], False), cell(values["memory_vs_sft"], False)]
             method_seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
             lines += [f"| {method} | {method_seeds} | " + " | ".join(cells) + " |"]
             summary.append(
@@ -171,15 +176,24 @@ def run_all(
         print(f"{asked} runs asked for, {len(runs)} still to run", flush=True)
     rows = [r for r in earlier if (r["method"], r["scenario"], r["seed"]) not in set(runs)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    failed: list[str] = []
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
         futures = {pool.submit(run_one, m, s, seed, args.steps, threads, *extra): (m, s, seed) for m, s, seed in runs}
         for future in as_completed(futures):
             method, scenario, seed = futures[future]
-            rows.append({"scenario": scenario, "method": method, "seed": seed, "jobs": args.jobs, **future.result()})
+            try:
+                result = future.result()
+            except Exception as e:  # one broken run must not cost the others (or the rows already written)
+                failed.append(f"{scenario} | {method} | seed {seed}: {type(e).__name__}: {e}")
+                print(f"FAILED {failed[-1]}", flush=True)
+                continue
+            rows.append({"scenario": scenario, "method": method, "seed": seed, "jobs": args.jobs, **result})
             print(f"{scenario} | {method} | seed {seed}: {rows[-1]}", flush=True)
             summary, _ = summarize(rows, rows_spec, metrics, args.steps)
             write_json(path, {"aligned": aligned, "rows": rows, "methods": summary})
     print("\n".join(summarize(rows, rows_spec, metrics, args.steps, aligned)[1]))
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(runs)} runs failed (the others are in {path}):\n" + "\n".join(failed))
     return rows
 
 
@@ -200,11 +214,12 @@ def scenario_table(
     metrics: dict[str, tuple[str, bool]],
     scenario: str,
     methods: list[str] | None = None,
+    costs: bool = True,
 ) -> str:
     """The markdown table of one scenario of a results JSON (the scenario's name, or its first word), optionally
     of the named ``methods`` only."""
     data = json.loads(path.read_text(encoding="utf-8"))
     name = next(s for s in SCENARIOS if s == scenario or s.split()[0] == scenario)
     rows = [r for r in data["rows"] if r["scenario"] == name and (methods is None or r["method"] in methods)]
-    lines = summarize(rows, rows_spec, metrics, data["methods"][0]["steps"], data["aligned"])[1]
+    lines = summarize(rows, rows_spec, metrics, data["methods"][0]["steps"], data["aligned"], costs)[1]
     return "\n".join(line for line in lines if line.startswith("|"))

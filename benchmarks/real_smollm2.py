@@ -139,7 +139,9 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, wor
         cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful)}
         examples = [e for e, k in zip(examples, keep, strict=True) if k]
     result = finetune(setting, tune, examples, folder, spec.get("str"), tokens, anchors, model=model, progress=False)
-    return {**result["metrics"], **cost, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**result["metrics"], **cost, "peak_rss_mib": peak_rss_mib, "device": device}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,14 +3,16 @@
 Run: python benchmarks/str_overhead.py [--preset tiny-32k] [--seq 512] [--batch 8] [--repeats 3]
 GPU: python benchmarks/str_overhead.py --device cuda --dtype bfloat16 --preset llama-1b
      python benchmarks/str_overhead.py --table
-(CPU defaults take a few minutes on 2 cores.) Each invocation's medians are merged into
+(CPU defaults take a few minutes on 2 cores.) Each invocation's results are merged into
 ``benchmarks/results/str_overhead.json`` under its preset, device and dtype.
 
 A random-weight Llama with a realistic vocabulary is trained with LoRA through
 the real ``Trainer.training_step`` (forward, loss, backward) plus the optimizer
 step, for plain SFT and each STR variant. Every (variant, repeat) runs in a
 fresh process, variants interleaved within each repeat, so the ratios are
-measured side by side; the table gives medians over repeats. Peak memory is
+measured side by side. A repeat's time is the mean over its steps (``--steps`` a multiple of 4, so a variant
+that runs anchors every 4th step pays for them; a median would hide them); the table gives the median over
+repeats. Peak memory is
 ``torch.cuda.max_memory_allocated`` on GPU and the process's peak RSS on CPU.
 """
 
@@ -56,7 +58,7 @@ class Settings:
 
 
 def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
-    """Train ``s.warmup + s.steps`` steps of one variant; put (median seconds per step, peak bytes) on ``queue``."""
+    """Train ``s.warmup + s.steps`` steps of one variant; put (mean seconds per step, peak bytes) on ``queue``."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
@@ -138,7 +140,7 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    queue.put((statistics.median(times[s.warmup :]), peak))
+    queue.put((statistics.mean(times[s.warmup :]), peak))
 
 
 def measure(name: str, s: Settings) -> tuple[float, int]:
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny-32k")
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--anchors-per-step", type=int, default=8)
@@ -174,19 +176,31 @@ def main(argv: list[str] | None = None) -> None:
     s = Settings(
         a.preset, a.seq, a.batch, a.steps, a.warmup, a.anchors_per_step, a.anchor_length, a.k, a.device, a.dtype
     )
+    from logitguard.io import write_json
+
+    key = f"{a.preset} {a.device} {a.dtype}"
+    earlier = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"runs": {}}
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in a.variants}
     for repeat in range(a.repeats):
         for name in a.variants:
             results[name].append(measure(name, s))
             seconds, peak = results[name][-1]
             print(f"repeat {repeat} {name}: {1000 * seconds:.0f} ms/step, peak {peak / 2**20:.0f} MiB", flush=True)
+            earlier["runs"][key] = summary(s, a.repeats, results) | device_name(a.device)  # a stopped run keeps it
+            write_json(a.out, earlier)
+    print(table(earlier))
 
-    from logitguard.io import write_json
 
-    key = f"{a.preset} {a.device} {a.dtype}"
-    earlier = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"runs": {}}
-    earlier["runs"][key] = {
-        "settings": asdict(s) | {"repeats": a.repeats} | PRESETS[a.preset],
+def device_name(device: str) -> dict:
+    import torch
+
+    return {"device_name": torch.cuda.get_device_name()} if device == "cuda" else {}
+
+
+def summary(s: Settings, repeats: int, results: dict[str, list[tuple[float, int]]]) -> dict:
+    """The JSON entry of one preset: medians of the repeats measured so far (each variant lists its own)."""
+    return {
+        "settings": asdict(s) | {"repeats": repeats, "step_statistic": "mean"} | PRESETS[s.preset],
         "variants": {
             name: {
                 "ms_per_step": 1000 * statistics.median(t for t, _ in runs),
@@ -194,10 +208,9 @@ def main(argv: list[str] | None = None) -> None:
                 "repeats": [{"ms_per_step": 1000 * t, "peak_mib": m / 2**20} for t, m in runs],
             }
             for name, runs in results.items()
+            if runs
         },
     }
-    write_json(a.out, earlier)
-    print(table(earlier))
 
 
 def table(results: dict) -> str:
@@ -208,16 +221,19 @@ def table(results: dict) -> str:
         lines += [
             f"{key}: vocab {s['vocab']}, hidden {s['hidden']}, {s['layers']} layers, batch {s['batch']} × {s['seq']} "
             f"tokens, LoRA r16, {s['anchors_per_step']} anchors × {s['anchor_length']} tokens per step, k={s['k']}; "
-            f"medians over {s['repeats']} repeats of {s['steps']} steps",
+            f"median over repeats of the {s.get('step_statistic', 'median')} over {s['steps']} steps"
+            + (f" on {run['device_name']}" if "device_name" in run else ""),
+            *([f"({run['note']})"] if "note" in run else []),
             "",
-            "| variant | ms / step | × SFT time | peak MiB | × SFT peak |",
-            "|---|---|---|---|---|",
+            "| variant | repeats | ms / step | × SFT time | peak MiB | × SFT peak |",
+            "|---|---|---|---|---|---|",
         ]
         base = variants.get("sft")
         for name, v in variants.items():
             time_ratio = f"{v['ms_per_step'] / base['ms_per_step']:.3f}" if base else "—"
             peak_ratio = f"{v['peak_mib'] / base['peak_mib']:.3f}" if base else "—"
-            lines.append(f"| {name} | {v['ms_per_step']:.0f} | {time_ratio} | {v['peak_mib']:.0f} | {peak_ratio} |")
+            cells = f"{len(v['repeats'])} | {v['ms_per_step']:.0f} | {time_ratio} | {v['peak_mib']:.0f} | {peak_ratio}"
+            lines.append(f"| {name} | {cells} |")
         lines.append("")
     return "\n".join(lines).rstrip()
 

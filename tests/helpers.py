@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
@@ -154,3 +161,31 @@ def write_tiny_gguf(path, model, tokenizer) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def framework_workspace(root: Path, tokenizer) -> Path:
+    """For the integration tests: a tiny random Llama on the toy tokenizer (with its chat template) saved in
+    ``root/model``, and 32 chat examples in ``root/train.jsonl`` (``{"messages": [...]}`` per line)."""
+    tiny_llama(tokenizer, max_positions=256).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    with (root / "train.jsonl").open("w") as f:
+        for i in range(32):
+            words = " ".join(["red", "dog", "cat", "lake"][: 2 + i % 3])
+            messages = [
+                {"role": "user", "content": f"Count the words in: {words}"},
+                {"role": "assistant", "content": str(2 + i % 3)},
+            ]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return root
+
+
+def run_python(python: str, *args: str) -> subprocess.CompletedProcess:
+    """``python args...`` offline (no hub, W&B or telemetry), output captured."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    env |= {"DO_NOT_TRACK": "1", "AXOLOTL_DO_NOT_TRACK": "1"}  # Axolotl's telemetry otherwise retries at exit
+    return subprocess.run([python, *args], capture_output=True, text=True, env=env, timeout=900)
+
+
+def trainer_logs(output: str) -> list[dict]:
+    """The Trainer's printed per-step log dicts (``{'loss': ...}``) in a run's output."""
+    return [ast.literal_eval(m) for m in re.findall(r"\{'loss'[^}]*\}", output)]

@@ -21,12 +21,14 @@ COMMANDS = {
     "train": "fine-tune with LoRA + STR from a YAML run config (resumable)",
     "eval": "refusal, attack success, over-refusal and task utility",
     "report": "several runs side by side: a table and plots in one HTML page",
+    "check": "check that a framework config (axolotl) will train with STR",
+    "llamafactory-train": "LLaMA-Factory's supervised fine-tuning with STR (a logitguard: block in its YAML)",
 }
 
 
 def usage() -> str:
     lines = ["usage: logitguard [--debug] COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<8} {summary}" for name, summary in COMMANDS.items()]
+    lines += [f"  {name:<19} {summary}" for name, summary in COMMANDS.items()]
     lines += ["", "Run 'logitguard COMMAND --help' for a command's options; --debug shows tracebacks."]
     return "\n".join(lines)
 

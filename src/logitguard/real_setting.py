@@ -100,7 +100,8 @@ class GSM8KSetting:
         self.tokenizer = load_tokenizer(self.model)
 
     def load_aligned(self) -> nn.Module:
-        return load_model(self.model, dtype="float32")
+        """The aligned model, on the GPU when there is one (where ``Trainer`` would move it anyway)."""
+        return load_model(self.model, dtype="float32", device="cuda" if torch.cuda.is_available() else None)
 
     # --- evaluation: held out from every training and anchor set -----------------------------------------------
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The benchmark rows that need a GPU, as run on one H200 (merge what it writes into benchmarks/results/).
+#
+# Run: bash benchmarks/gpu_session.sh overhead OUT            # STR step time and memory at Llama-1B and -8B shapes
+#      bash benchmarks/gpu_session.sh rows OUT WORK DATA_ROOT  # real_smollm2.py: 3 seeds of the main rows, 1 of peers
+#
+# "overhead" writes OUT/str_overhead.json after every measurement (random-weight models, bf16; the Llama-1B shape
+# took 2.5 minutes, the 8B shape about 40 s a variant). "rows" needs WORK prepared by real_smollm2.py (its prepare
+# step, about 11 minutes on 2 CPU cores) and writes OUT/real_smollm2_main.json and OUT/real_smollm2_peers.json after
+# every run (the two invocations share the GPU, 10 runs at a time: 19 of the 34 runs took 6 minutes; the step
+# times of runs that share a GPU are not a cost measurement). Resume either with the same command.
+set -euo pipefail
+cd "$(dirname "$0")"
+what=$1 out=$2
+mkdir -p "$out"
+case $what in
+overhead)
+    python str_overhead.py --device cuda --dtype bfloat16 --preset llama-1b --repeats 2 \
+        --out "$out/str_overhead.json"
+    python str_overhead.py --device cuda --dtype bfloat16 --preset llama-8b --repeats 1 \
+        --variants sft "str anchors (auto pass)" "str anchors every 4th step" --out "$out/str_overhead.json"
+    ;;
+rows)
+    work=$3 data=$4
+    main=(sft "str (anchors, default)" "selection (refusal score ≥ 0.5)" "selection (refusal score ≥ 0.5) + str")
+    peers=("str (anchors from many phrasings)" "PACT-style restricted KL (λ=1, T=2)" "SafeInstr (+3% refusals)"
+        "selection (drop 10%, gradient norm)" "selection (gradient norm) + str")
+    python real_smollm2.py --work "$work" --data-root "$data" --seeds 0 1 2 --jobs 6 --resume --methods "${main[@]}" \
+        --out "$out/real_smollm2_main.json" >"$out/rows_main.log" 2>&1 &
+    python real_smollm2.py --work "$work" --data-root "$data" --seeds 0 --jobs 4 --resume --methods "${peers[@]}" \
+        --out "$out/real_smollm2_peers.json" >"$out/rows_peers.log" 2>&1 &
+    wait
+    ;;
+*)
+    echo "usage: gpu_session.sh overhead OUT | rows OUT WORK DATA_ROOT" >&2
+    exit 2
+    ;;
+esac
