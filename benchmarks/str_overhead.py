@@ -180,13 +180,14 @@ def main(argv: list[str] | None = None) -> None:
 
     key = f"{a.preset} {a.device} {a.dtype}"
     earlier = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"runs": {}}
+    device = device_name(a.device)
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in a.variants}
     for repeat in range(a.repeats):
         for name in a.variants:
             results[name].append(measure(name, s))
             seconds, peak = results[name][-1]
             print(f"repeat {repeat} {name}: {1000 * seconds:.0f} ms/step, peak {peak / 2**20:.0f} MiB", flush=True)
-            earlier["runs"][key] = summary(s, a.repeats, results) | device_name(a.device)  # a stopped run keeps it
+            earlier["runs"][key] = summary(s, a.repeats, results) | device  # a stopped run keeps it
             write_json(a.out, earlier)
     print(table(earlier))
 
@@ -198,7 +199,7 @@ def device_name(device: str) -> dict:
 
 
 def summary(s: Settings, repeats: int, results: dict[str, list[tuple[float, int]]]) -> dict:
-    """The JSON entry of one preset: medians of the repeats measured so far (each variant lists its own)."""
+    """The JSON entry of one preset: medians over the repeats measured so far (each variant lists its own)."""
     return {
         "settings": asdict(s) | {"repeats": repeats, "step_statistic": "mean"} | PRESETS[s.preset],
         "variants": {

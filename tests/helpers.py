@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import torch
+import yaml
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
@@ -186,6 +187,21 @@ def run_python(python: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([python, *args], capture_output=True, text=True, env=env, timeout=900)
 
 
-def trainer_logs(output: str) -> list[dict]:
-    """The Trainer's printed per-step log dicts (``{'loss': ...}``) in a run's output."""
-    return [ast.literal_eval(m) for m in re.findall(r"\{'loss'[^}]*\}", output)]
+def framework_config(path: Path, cfg: dict, logitguard: dict) -> Path:
+    """Write a framework's YAML config ``cfg`` to ``path``, with a ``logitguard:`` block when ``logitguard`` has
+    settings (the anchors from refusal templates, so no generation is needed)."""
+    if logitguard:
+        cfg = {**cfg, "logitguard": {"refusals": "templates", **logitguard}}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train_in(python: str, *args: str, steps: int = 4) -> list[dict]:
+    """Run a training command in a framework's venv; it must succeed and print ``steps`` per-step log dicts
+    (``{'loss': ...}``), which are returned."""
+    done = run_python(python, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    logs = [ast.literal_eval(m) for m in re.findall(r"\{'loss'[^}]*\}", output)]
+    assert len(logs) == steps, output[-3000:]
+    return logs

@@ -193,14 +193,7 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise LogitGuardError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise LogitGuardError(f"cannot read run config {path}: {e.strerror}") from None
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise LogitGuardError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise LogitGuardError(f"{path}: a run config is a mapping of sections")
-    lines = key_lines(node)
+    data, lines = yaml_mapping(text, path, "a run config is a mapping of sections")
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
@@ -219,6 +212,19 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     config = build_section(RunConfig, data, "", path, lines)
     config.validate(str(path))
     return config
+
+
+def yaml_mapping(text: str, path: Path, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The YAML mapping ``text`` (read from ``path``; empty is ``{}``) and 'line N' of each dotted key; invalid YAML
+    or another shape is a one-line error (``what`` says the shape, e.g. "a run config is a mapping")."""
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise LogitGuardError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise LogitGuardError(f"{path}: {what}")
+    return data, key_lines(node)
 
 
 def key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, str]:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from transformers import AutoModelForCausalLM
 
 from logitguard.artifacts import safety_artifacts
-from tests.helpers import framework_workspace, run_python, trainer_logs
+from tests.helpers import framework_config, framework_workspace, run_python, train_in
 
 pytestmark = pytest.mark.integration
 PYTHON = os.environ.get("LOGITGUARD_AXOLOTL_PYTHON")
@@ -89,11 +88,7 @@ def config(workspace: Path, name: str, plugins: list[str], model: str = "model",
         "lora_embedding_kernel": False,
         "plugins": plugins,
     }
-    if logitguard:
-        cfg["logitguard"] = {"refusals": "templates", **logitguard}
-    path = workspace / f"{name}.yml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return framework_config(workspace / f"{name}.yml", cfg, logitguard)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -102,11 +97,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def train(cfg: Path) -> list[dict]:
     """``axolotl train cfg`` (its real entry point); the Trainer's per-step log dicts."""
-    done = run("-m", "axolotl.cli.train", str(cfg))
-    assert done.returncode == 0, done.stderr[-3000:]
-    logs = trainer_logs(done.stdout + done.stderr)
-    assert len(logs) == 4, (done.stdout + done.stderr)[-3000:]
-    return logs
+    return train_in(PYTHON, "-m", "axolotl.cli.train", str(cfg))
 
 
 def test_artifacts_are_made_on_first_use_the_terms_logged_and_the_run_marked(workspace):

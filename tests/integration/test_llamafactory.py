@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import framework_workspace, run_python, trainer_logs
+from tests.helpers import framework_config, framework_workspace, run_python, train_in
 
 pytestmark = pytest.mark.integration
 PYTHON = os.environ.get("LOGITGUARD_LLAMAFACTORY_PYTHON")
@@ -60,24 +59,11 @@ def config(workspace: Path, name: str, **logitguard) -> Path:
         "seed": 0,
         "bf16": False,
     }
-    if logitguard:
-        cfg["logitguard"] = {"refusals": "templates", **logitguard}
-    path = workspace / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def train(*args: str) -> list[dict]:
-    """``python args...`` in LLaMA-Factory's venv; the Trainer's per-step log dicts."""
-    done = run_python(PYTHON, *args)
-    assert done.returncode == 0, done.stderr[-3000:]
-    logs = trainer_logs(done.stdout + done.stderr)
-    assert len(logs) == 4, (done.stdout + done.stderr)[-3000:]
-    return logs
+    return framework_config(workspace / f"{name}.yaml", cfg, logitguard)
 
 
 def logitguard_train(cfg: Path) -> list[dict]:
-    return train("-m", "logitguard.cli", "llamafactory-train", str(cfg))
+    return train_in(PYTHON, "-m", "logitguard.cli", "llamafactory-train", str(cfg))
 
 
 def test_str_terms_are_logged_and_the_run_is_marked(workspace):
@@ -88,7 +74,8 @@ def test_str_terms_are_logged_and_the_run_is_marked(workspace):
 
 
 def test_weight_zero_gives_the_losses_of_llamafactory_alone(workspace):
-    plain = train("-m", "llamafactory.cli", "train", str(config(workspace, "plain")))  # llamafactory-cli train
+    # `llamafactory-cli train`, LLaMA-Factory's own entry point
+    plain = train_in(PYTHON, "-m", "llamafactory.cli", "train", str(config(workspace, "plain")))
     zero = logitguard_train(config(workspace, "zero", weight=0.0))
     assert [float(log["loss"]) for log in zero] == pytest.approx([float(log["loss"]) for log in plain], rel=1e-4)
 

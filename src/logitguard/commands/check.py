@@ -30,17 +30,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_axolotl(path: Path) -> str:
     """A one-line verdict when the config will train with STR; a LogitGuardError naming the problem otherwise."""
-    import yaml
-
     from logitguard.errors import LogitGuardError
     from logitguard.io import read_text
+    from logitguard.run_config import yaml_mapping
 
-    try:
-        cfg = yaml.safe_load(read_text(path)) or {}
-    except yaml.YAMLError as e:
-        raise LogitGuardError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(cfg, dict):
-        raise LogitGuardError(f"{path}: an Axolotl config is a mapping")
+    cfg, _ = yaml_mapping(read_text(path), path, "an Axolotl config is a mapping")
     plugins = cfg.get("plugins") or []
     try:
         from logitguard.integrations.axolotl import PLUGIN, LogitGuardArgs, LogitGuardPlugin, settings_from

@@ -15,24 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from logitguard.errors import LogitGuardError
-from logitguard.run_config import STRSection, build_section, key_lines
+from logitguard.run_config import STRSection, build_section, yaml_mapping
 
 
 def split_config(path: Path) -> tuple[dict[str, Any], STRSection]:
     """The LLaMA-Factory config without its ``logitguard:`` block, and that block as STR settings (file/line errors)."""
     from logitguard.io import read_text
 
-    text = read_text(path)
-    try:
-        config = yaml.safe_load(text)
-        lines = key_lines(yaml.compose(text))
-    except yaml.YAMLError as e:
-        raise LogitGuardError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(config, dict):
-        raise LogitGuardError(f"{path}: a LLaMA-Factory config is a mapping")
+    config, lines = yaml_mapping(read_text(path), path, "a LLaMA-Factory config is a mapping")
     if "logitguard" not in config:
         raise LogitGuardError(f"{path}: no logitguard: block; add one (e.g. logitguard: {{weight: 0.3}})")
     if config.get("stage", "sft") != "sft":
