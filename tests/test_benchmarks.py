@@ -89,3 +89,33 @@ def test_safety_vs_task_plot(tmp_path):
     results.write_text(json.dumps({"rows": rows}))
     out = benchmark("safety_vs_task").main(["--results", str(results), "--out", str(tmp_path / "plot.png")])
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_aligned_sweep_variant_is_a_valid_build_and_one_of_them_is_the_committed_recipe():
+    build, sweep = benchmark("build_smollm2_safe"), benchmark("aligned_sweep")
+    parser = build.arguments()
+    defaults = vars(parser.parse_args([]))
+    changed = {name: vars(parser.parse_args(args)) != defaults for name, args in sweep.VARIANTS.items()}
+    assert [name for name, differs in changed.items() if not differs] == ["v3: direct + more benign (committed)"]
+    committed = json.loads((BENCHMARKS.parent / "src/logitguard/adapters/smollm2-135m-safe/recipe.json").read_text())
+    assert committed["finetune"]["steps"] == defaults["steps"] and committed["finetune"]["lr"] == defaults["lr"]
+    assert committed["finetune"]["lora"]["r"] == defaults["lora_r"]
+
+
+def test_the_build_leaves_out_sensitive_answers_that_open_with_an_ai_disclaimer():
+    deflects = benchmark("build_smollm2_safe").deflects
+    assert deflects("As an AI language model, I do not have personal opinions. However, ...")
+    assert deflects("  I'm an AI and cannot feel anger.")
+    assert not deflects("There is no credible evidence that vaccines cause autism.")
+    assert not deflects("Racism is not okay; it harms people.")
+
+
+def test_a_real_model_work_folder_belongs_to_the_aligned_model_it_was_prepared_for(tmp_path, monkeypatch):
+    import logitguard.models
+
+    monkeypatch.setattr(logitguard.models, "resolve_model", lambda name: f"/cache/merged-{name}")
+    check_work = benchmark("real_smollm2").check_work
+    check_work(tmp_path, "v3")
+    check_work(tmp_path, "v3")  # resuming with the same model
+    with pytest.raises(SystemExit, match="prepared for merged-v3, not merged-v2; use another --work"):
+        check_work(tmp_path, "v2")

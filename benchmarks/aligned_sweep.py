@@ -1,0 +1,189 @@
+"""Recipes for ``smollm2-135m-safe`` side by side, then SFT and STR fine-tuning on the best of them.
+
+Run: python benchmarks/aligned_sweep.py --work DIR [--data-root ../shared/data] [--variants NAME ...] [--jobs 8]
+                                        [--rows 3] [--seed-cache DIR] [--out benchmarks/results/aligned_sweep.json]
+     python benchmarks/aligned_sweep.py --table
+(each variant is one ``build_smollm2_safe.py`` run: about 50 minutes on 2 CPU cores with the base model's answers
+cached, 4 minutes on one H200 with 8 side by side. ``--rows K`` then fine-tunes the K variants with the largest
+refusal minus over-refusal on GSM8K with SFT and STR, seed 0, through ``real_smollm2.py``. Resume with the same
+command: a variant whose recipe is written is not built again, and ``real_smollm2.py --resume`` skips finished runs.)
+
+The v2 adapter missed its targets (harmful refusal >= 90%, over-refusal <= 10%): it refused most of the safe
+physical-safety prompts and answered hateful ones with "As an AI language model, I do not have personal opinions.
+However, ...", which the whole-answer judge rightly calls no refusal. This sweep measures which recipe changes move
+both numbers, with every variant judged on the same held-out prompts. ``--seed-cache`` names a folder of cached
+base-model answers (``own_answers.json``, ``alpaca_answers.json``, ``base_results.json``, ``harmful_compliance.json``)
+copied into each variant's work folder, so every variant trains on the same self-distilled answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+HERE = Path(__file__).parent
+V2 = ["--sensitive-answers", "all", "--n-self-instruct", "300", "--n-gsm8k", "64"]
+VARIANTS = {  # build_smollm2_safe.py's arguments; its defaults are the committed recipe (v3)
+    "v2 (committed until 2026-11-30)": V2,
+    "v2 + direct sensitive answers": [*V2, "--sensitive-answers", "direct"],
+    "v3: direct + more benign (committed)": [],
+    "v3, lr 5e-4": ["--lr", "5e-4"],
+    "v3, 300 refusals": ["--n-harmful", "300"],
+    "v3, LoRA r 16": ["--lora-r", "16"],
+    "v3, no sensitive answers": ["--n-sensitive", "0"],
+    "v3, 200 steps": ["--steps", "200"],
+}
+ROW_METHODS = ("sft", "str (anchors, default)")
+METRICS = {
+    "harmful_refusal": "harmful refusal",
+    "benign_over_refusal": "over-refusal",
+    "task_nll": "GSM8K answer NLL",
+    "own_answer_nll": "own-answer NLL",
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def seed(folder: Path, cache: Path | None) -> None:
+    """Copy the cached base-model files of ``cache`` into ``folder`` where they are missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(cache.iterdir()) if cache else []:
+        if path.is_file() and not (folder / path.name).exists():
+            shutil.copy2(path, folder / path.name)
+
+
+def run(command: list[str], log: Path, threads: int) -> int:
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    with log.open("a") as f:
+        return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE).returncode
+
+
+def build(name: str, args: argparse.Namespace, threads: int) -> dict | None:
+    """One variant's build (skipped when its recipe exists): its recipe, or None when it failed."""
+    folder = args.work / slug(name)
+    recipe = folder / "recipe.json"
+    if not recipe.is_file():
+        seed(folder / "cache", args.seed_cache)
+        command = [sys.executable, "build_smollm2_safe.py", "--data-root", str(args.data_root), "--work"]
+        command += [str(folder / "cache"), "--out", str(folder / "adapter"), "--results", str(recipe)]
+        if run(command + VARIANTS[name] + shlex.split(args.build_args), folder / "build.log", threads) != 0:
+            print(f"{name}: build failed, see {folder / 'build.log'}", flush=True)
+            return None
+    return json.loads(recipe.read_text())
+
+
+def fine_tune(name: str, args: argparse.Namespace, threads: int) -> dict | None:
+    """SFT and STR (seed 0, benign GSM8K) on one variant, through ``real_smollm2.py``: its rows file, or None."""
+    from logitguard.models import SMOLLM2, converted_gguf, merged_adapter
+
+    folder = args.work / slug(name)
+    merged = merged_adapter(converted_gguf(SMOLLM2.gguf_path()), folder / "adapter")  # keyed by the adapter
+    seed(folder / "real", args.seed_cache)
+    out = folder / "real_smollm2.json"
+    command = [sys.executable, "real_smollm2.py", "--work", str(folder / "real"), "--data-root", str(args.data_root)]
+    command += ["--model", str(merged), "--seeds", "0", "--scenarios", "benign", "--jobs", "2", "--resume"]
+    command += ["--out", str(out), "--methods", *ROW_METHODS, *shlex.split(args.real_args)]
+    if run(command, folder / "rows.log", threads) != 0:
+        print(f"{name}: fine-tuning failed, see {folder / 'rows.log'}", flush=True)
+    return json.loads(out.read_text()) if out.is_file() else None
+
+
+def write(path: Path, sweep: dict) -> None:
+    from logitguard.io import write_json
+
+    write_json(path, sweep)
+
+
+def score(variant: dict) -> float:
+    aligned = variant["aligned"]
+    return aligned["harmful_refusal"] - aligned["benign_over_refusal"]
+
+
+def after(rows: list[dict], method: str) -> str:
+    """One cell: ``method``'s refusal / over-refusal after fine-tuning, the mean over its seeds."""
+    runs = [r for r in rows if r["method"] == method]
+    if not runs:
+        return "not run"
+    cell = " / ".join(f"{100 * statistics.mean(r[k] for r in runs):.0f}%" for k in list(METRICS)[:2])
+    return cell + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
+
+
+def table(sweep: dict) -> str:
+    """The markdown table: each variant's aligned model, and its SFT and STR fine-tuning where measured."""
+    header = "| recipe | " + " | ".join(METRICS.values()) + " | after SFT (refusal / over-refusal) | after STR |"
+    lines = [header, "|---" * (len(METRICS) + 3) + "|"]
+    for name, variant in sweep["variants"].items():
+        cells = [f"{100 * variant['aligned'][k]:.0f}%" for k in list(METRICS)[:2]]
+        cells += [f"{variant['aligned'][k]:.3f}" for k in list(METRICS)[2:]]
+        cells += [after(variant.get("rows", []), method) for method in ROW_METHODS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("aligned-sweep-work"))
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=1, help="builds at once")
+    parser.add_argument("--rows", type=int, default=0, help="fine-tune this many of the best variants")
+    parser.add_argument("--seed-cache", type=Path, default=None)
+    parser.add_argument("--build-args", default="", help="appended to every build's arguments (a smoke test)")
+    parser.add_argument("--real-args", default="", help="appended to every real_smollm2.py call (a smoke test)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "aligned_sweep.json")
+    parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    args = parser.parse_args(argv)
+    sweep = json.loads(args.out.read_text()) if args.out.is_file() else {"variants": {}}
+    if args.table:
+        print(table(sweep))
+        return sweep
+    args.work = args.work.resolve()
+    args.data_root = args.data_root.resolve()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    from logitguard.models import SMOLLM2, converted_gguf
+
+    converted_gguf(SMOLLM2.gguf_path())  # once, before the builds that all read it
+
+    def record(name: str, recipe: dict | None) -> None:
+        if recipe is not None:
+            sweep.setdefault("base", recipe["results"]["base"])
+            old = sweep["variants"].get(name, {})
+            sweep["variants"][name] = old | {
+                "args": VARIANTS[name],
+                "aligned": recipe["results"]["aligned"],
+                "data": recipe["data"],
+                "device": recipe.get("device"),
+                "seconds": recipe["seconds"],
+            }
+            write(args.out, sweep)
+            print(f"{name}: {sweep['variants'][name]['aligned']}", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(build, name, args, threads): name for name in args.variants}
+        for future in as_completed(futures):
+            record(futures[future], future.result())
+    built = [n for n in args.variants if n in sweep["variants"]]
+    best = sorted(built, key=lambda n: -score(sweep["variants"][n]))[: args.rows]
+    with ThreadPoolExecutor(max(1, len(best))) as pool:
+        futures = {pool.submit(fine_tune, name, args, threads): name for name in best}
+        for future in as_completed(futures):
+            if (rows := future.result()) is not None:
+                sweep["variants"][futures[future]]["rows"] = rows["rows"]
+                write(args.out, sweep)
+    print(table(sweep))
+    return sweep
+
+
+if __name__ == "__main__":
+    main()
