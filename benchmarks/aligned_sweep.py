@@ -29,6 +29,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from logitguard.io import write_json
+
 ROOT = Path(__file__).parents[1]
 HERE = Path(__file__).parent
 V2 = ["--sensitive-answers", "all", "--n-self-instruct", "300", "--n-gsm8k", "64"]
@@ -55,7 +57,7 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
-def seed(folder: Path, cache: Path | None) -> None:
+def copy_cached(folder: Path, cache: Path | None) -> None:
     """Copy the cached base-model files of ``cache`` into ``folder`` where they are missing."""
     folder.mkdir(parents=True, exist_ok=True)
     for path in sorted(cache.iterdir()) if cache else []:
@@ -74,7 +76,7 @@ def build(name: str, args: argparse.Namespace, threads: int) -> dict | None:
     folder = args.work / slug(name)
     recipe = folder / "recipe.json"
     if not recipe.is_file():
-        seed(folder / "cache", args.seed_cache)
+        copy_cached(folder / "cache", args.seed_cache)
         command = [sys.executable, "build_smollm2_safe.py", "--data-root", str(args.data_root), "--work"]
         command += [str(folder / "cache"), "--out", str(folder / "adapter"), "--results", str(recipe)]
         if run(command + VARIANTS[name] + shlex.split(args.build_args), folder / "build.log", threads) != 0:
@@ -89,7 +91,7 @@ def fine_tune(name: str, args: argparse.Namespace, threads: int) -> dict | None:
 
     folder = args.work / slug(name)
     merged = merged_adapter(converted_gguf(SMOLLM2.gguf_path()), folder / "adapter")  # keyed by the adapter
-    seed(folder / "real", args.seed_cache)
+    copy_cached(folder / "real", args.seed_cache)
     out = folder / "real_smollm2.json"
     command = [sys.executable, "real_smollm2.py", "--work", str(folder / "real"), "--data-root", str(args.data_root)]
     command += ["--model", str(merged), "--seeds", "0", "--scenarios", "benign", "--jobs", "2", "--resume"]
@@ -97,12 +99,6 @@ def fine_tune(name: str, args: argparse.Namespace, threads: int) -> dict | None:
     if run(command, folder / "rows.log", threads) != 0:
         print(f"{name}: fine-tuning failed, see {folder / 'rows.log'}", flush=True)
     return json.loads(out.read_text()) if out.is_file() else None
-
-
-def write(path: Path, sweep: dict) -> None:
-    from logitguard.io import write_json
-
-    write_json(path, sweep)
 
 
 def score(variant: dict) -> float:
@@ -166,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "device": recipe.get("device"),
                 "seconds": recipe["seconds"],
             }
-            write(args.out, sweep)
+            write_json(args.out, sweep)
             print(f"{name}: {sweep['variants'][name]['aligned']}", flush=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -180,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         for future in as_completed(futures):
             if (rows := future.result()) is not None:
                 sweep["variants"][futures[future]]["rows"] = rows["rows"]
-                write(args.out, sweep)
+                write_json(args.out, sweep)
     print(table(sweep))
     return sweep
 

@@ -46,9 +46,10 @@ def announce(trainer: Any, section: STRSection, out: Path, tokens: Any, anchors:
     from logitguard.io import write_json
 
     config = section.str_config()
+    n_anchors = len(anchors) if anchors is not None else 0
     banner = (
         f"LogitGuard STR is ACTIVE in {type(trainer).__name__}: penalty {config.penalty}, λ={config.weight}, "
-        f"reference {config.reference}, k={tokens.k}, {len(anchors) if anchors is not None else 0} anchors"
+        f"reference {config.reference}, k={tokens.k}, {n_anchors} anchors"
     )
     print(f"\n{'=' * len(banner)}\n{banner}\n{'=' * len(banner)}\n", file=sys.stderr, flush=True)
     if trainer.is_world_process_zero():
@@ -59,6 +60,6 @@ def announce(trainer: Any, section: STRSection, out: Path, tokens: Any, anchors:
                 "trainer": type(trainer).__name__,
                 "str": dataclasses.asdict(section),
                 "safety_tokens": tokens.tokens,
-                "anchors": len(anchors) if anchors is not None else 0,
+                "anchors": n_anchors,
             },
         )
