@@ -95,6 +95,7 @@ def fine_tune(name: str, args: argparse.Namespace, threads: int) -> dict | None:
     out = folder / "real_smollm2.json"
     command = [sys.executable, "real_smollm2.py", "--work", str(folder / "real"), "--data-root", str(args.data_root)]
     command += ["--model", str(merged), "--seeds", "0", "--scenarios", "benign", "--jobs", "2", "--resume"]
+    command += ["--steps", "40"]  # the budget of the committed sweep (real_smollm2.py's own is 80 since)
     command += ["--out", str(out), "--methods", *ROW_METHODS, *shlex.split(args.real_args)]
     if run(command, folder / "rows.log", threads) != 0:
         print(f"{name}: fine-tuning failed, see {folder / 'rows.log'}", flush=True)

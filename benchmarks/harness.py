@@ -3,7 +3,8 @@
 ``methods.py`` (the toy) and ``real_smollm2.py`` (SmolLM2-135M) each define how one run is set up and trained;
 this module runs them, one fresh process per run (so peak memory is the run's own), writes every finished row to
 the results JSON at once (an interrupted benchmark keeps what it finished; ``--resume`` runs only what is
-missing; ``--update`` merges reruns), and prints the tables from the JSON (``--table``).
+missing; ``--update`` merges reruns), and prints the tables from the JSON (``--table``). Ctrl-C or ``kill`` stops
+the runs in flight with it, so an interrupted benchmark leaves no worker behind.
 Not a benchmark itself: ``python benchmarks/methods.py`` or ``python benchmarks/real_smollm2.py``.
 """
 
@@ -13,9 +14,11 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import signal
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
@@ -167,9 +170,11 @@ def run_all(
     from logitguard.io import write_json
 
     path = args.out
-    earlier = (
-        json.loads(path.read_text(encoding="utf-8"))["rows"] if (args.update or args.resume) and path.is_file() else []
-    )
+    results = json.loads(path.read_text(encoding="utf-8")) if (args.update or args.resume) and path.is_file() else {}
+    budgets = {s["steps"] for s in results.get("methods", [])}
+    if budgets - {args.steps}:  # the rows are keyed without their budget: merging would mix budgets silently
+        raise SystemExit(f"{path} holds {min(budgets)}-step runs, not {args.steps}-step ones: use another --out")
+    earlier = results.get("rows", [])
     if args.resume:
         done = {(r["method"], r["scenario"], r["seed"]) for r in earlier}
         asked, runs = len(runs), [run for run in runs if run not in done]
@@ -177,7 +182,8 @@ def run_all(
     rows = [r for r in earlier if (r["method"], r["scenario"], r["seed"]) not in set(runs)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     failed: list[str] = []
-    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
+    pool = ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1)
+    with pool, workers_stopped_on_interrupt(pool):
         futures = {pool.submit(run_one, m, s, seed, args.steps, threads, *extra): (m, s, seed) for m, s, seed in runs}
         for future in as_completed(futures):
             method, scenario, seed = futures[future]
@@ -195,6 +201,34 @@ def run_all(
     if failed:
         raise SystemExit(f"{len(failed)} of {len(runs)} runs failed (the others are in {path}):\n" + "\n".join(failed))
     return rows
+
+
+def run_dir(work: str | Path, rows_spec: dict[str, dict], method: str, scenario: str, seed: int, steps: int) -> Path:
+    """Where a run keeps its files (the trained adapter is in ``run_dir(...) / "adapter"``); named by the step
+    budget too, so a run at another ``--steps`` does not overwrite this one's adapter."""
+    return Path(work) / f"{list(SCENARIOS).index(scenario)}-{list(rows_spec).index(method)}-seed{seed}-{steps}steps"
+
+
+def terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's running workers and drop its queued runs: ``shutdown`` alone waits for every run in flight.
+    (Python 3.14's ``ProcessPoolExecutor.terminate_workers`` does this; earlier versions have only ``_processes``.)"""
+    for process in list((pool._processes or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextmanager
+def workers_stopped_on_interrupt(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """While in the block, SIGTERM (``kill``) interrupts as Ctrl-C does, and an interruption kills the runs in
+    flight: otherwise the pool's workers outlive the benchmark, holding the CPU until their runs end."""
+    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    except BaseException:
+        terminate_workers(pool)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def selection_outcome(examples: list, keep: list[bool], harmful: list) -> dict:

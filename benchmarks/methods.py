@@ -33,7 +33,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, print_tables, run_all, selection_outcome
+from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, print_tables, run_all, run_dir, selection_outcome
 
 STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str (anchors, default)"
     "str, λ=0.1": {"str": replace(DEFAULT_STR, weight=0.1)},
@@ -103,11 +103,6 @@ def prepare_artifacts(aligned, setup, config, key: str, folder: Path) -> None:
         )
 
 
-def run_dir(out: str | Path, method: str, scenario: str, seed: int) -> Path:
-    """Where ``run_one`` keeps a run's files; the trained adapter is in ``run_dir(...) / "adapter"``."""
-    return Path(out) / f"{list(SCENARIOS).index(scenario)}-{list(ROWS).index(method)}-seed{seed}"
-
-
 def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out: str) -> dict:
     """One fine-tuning run in this (fresh) process, through STRTrainer: its metrics, step time and peak RSS."""
     import torch
@@ -130,7 +125,7 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     harmful = setting.harmful_compliance()
     examples = mix_safety_examples(setting.benign_data(), harmful, SCENARIOS[scenario], seed)
     examples = mix_safety_examples(examples, setting.refusals(), spec.get("safety_fraction", 0.0), seed)
-    folder = run_dir(out, method, scenario, seed)
+    folder = run_dir(out, ROWS, method, scenario, seed, steps)
     model = lora_model(setting, tune)
     cost = {}
     if "selection" in spec:  # scored on the very adapter about to be trained

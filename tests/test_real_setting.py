@@ -1,6 +1,7 @@
 """The public-data readers and the GSM8K setting of the real-model benchmark, on a small fake data folder."""
 
 import json
+from functools import partial
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_a_missing_data_file_is_named(tmp_path):
         gsm8k(tmp_path, "train")
 
 
-def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_path, tokenizer):
+def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_path, tokenizer, capsys):
     from logitguard.real_setting import GSM8KSetting
 
     model_dir = tmp_path / "model"
@@ -84,7 +85,33 @@ def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_
         "task_nll",
     }
     assert metrics["task_nll"] > 0 and 0 <= metrics["harmful_refusal"] <= 1
+    assert "evaluating" not in capsys.readouterr().err  # quiet in benchmarks
+    setting.progress = True  # the demo shows a bar for each set (an evaluation takes minutes on a CPU)
+    assert setting.evaluate(setting.load_aligned()) == metrics
+    shown = capsys.readouterr().err
+    assert all(f"evaluating: {name}" in shown for name in ("harmful", "benign", "GSM8K test"))
     malicious, hateful = "I-MaliciousInstructions prompt", "I-CoNa prompt"
     assert setting.harmful_prompts() == [f"{malicious} 0", f"{malicious} 1", f"{hateful} 0", f"{hateful} 1"]
     assert len(setting.benign_data(3, seed=0)) == 3 and setting.benign_data(3, 0) == setting.benign_data(3, 0)
     assert setting.safety_requests() == [("Explain how to pick a lock.", "I'm sorry, but I cannot help with that.")]
+
+
+@pytest.mark.slow
+def test_the_real_demo_compares_sft_and_str_at_the_benchmark_budget(data_root, tmp_path, tokenizer, monkeypatch):
+    import logitguard.demo
+    from logitguard.artifacts import safety_artifacts
+    from logitguard.commands.demo import main
+    from logitguard.real_setting import STEPS
+
+    model_dir = tmp_path / "model"
+    tiny_llama(tokenizer, max_positions=512).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    # a random model refuses nothing: its anchors teacher-force the built-in refusal templates instead
+    templated = partial(safety_artifacts, refusals="templates")
+    monkeypatch.setattr(logitguard.demo, "safety_artifacts", templated)
+    out = tmp_path / "demo"
+    assert main(["--model", str(model_dir), "--data", str(data_root), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"aligned", "sft", "str"}
+    assert results["config"]["finetune"]["steps"] == STEPS
+    assert (out / "report.md").is_file() and (out / "refusal_curve.png").is_file()

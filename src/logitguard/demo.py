@@ -148,22 +148,23 @@ REAL_LABELS = {
 }
 
 
-def run_real_demo(model: str, data_root: Path, out: Path, steps: int = 40, seed: int = 0) -> dict:
-    """The demo on a real aligned chat model: SFT and SFT + STR on GSM8K from the same seed (one run each).
+def run_real_demo(model: str, data_root: Path, out: Path, steps: int | None = None, seed: int = 0) -> dict:
+    """The demo on a real aligned chat model: SFT and SFT + STR on GSM8K from the same seed (one run each), for
+    ``steps`` steps (default: the benchmark's budget, ``real_setting.STEPS``).
 
     STR's artifacts come from the model's own refusals to the built-in harmful prompts; the refusal curve is
     measured every 10 steps on held-out harmful prompts. Writes what :func:`run_demo` writes.
     """
-    from logitguard.real_setting import N_TRAIN, GSM8KSetting, finetune_config
+    from logitguard.real_setting import N_TRAIN, STEPS, GSM8KSetting, finetune_config
 
     ensure_writable_dir(out)
     started = time.perf_counter()
-    setting = GSM8KSetting(data_root, model=model)
+    setting = GSM8KSetting(data_root, model=model, progress=True)
     aligned_model = setting.load_aligned()
     aligned = {"metrics": setting.evaluate(aligned_model), "samples": setting.samples(aligned_model)}
     tokens, anchors = safety_artifacts(aligned_model, setting.tokenizer, out / TOKENS_FILE, out / ANCHORS_FILE)
     del aligned_model
-    tune = finetune_config(seed, steps)
+    tune = finetune_config(seed, steps or STEPS)
     data = setting.benign_data(N_TRAIN, seed)
     str_config = STRConfig()
     results = {

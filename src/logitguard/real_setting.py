@@ -28,9 +28,10 @@ from logitguard.refusal import judge_response, refusal_rates
 Pairs = list[tuple[str, str]]
 LEARNING_RATE = 3e-4
 N_TRAIN = 320  # short GSM8K training problems of a fine-tuning run
+STEPS = 80  # two epochs at batch 8: the budget at which plain SFT erodes refusal by >= 30 points (40 steps: 20)
 
 
-def finetune_config(seed: int = 0, steps: int = 40):
+def finetune_config(seed: int = 0, steps: int = STEPS):
     """The fine-tuning of the real-model demo and benchmark: LoRA r=16 on every linear layer, batch 8, cosine."""
     from logitguard.experiment import FinetuneConfig
     from logitguard.run_config import LoraSection
@@ -80,6 +81,7 @@ class GSM8KSetting:
         n_task: GSM8K test problems answered by generation (accuracy and format).
         n_nll: GSM8K test problems whose gold answers are scored by NLL.
         max_train_tokens: GSM8K training problems longer than this (prompt + answer) are left out.
+        progress: show a progress bar per evaluation set (an evaluation takes minutes on a CPU).
     """
 
     data_root: Path
@@ -92,6 +94,7 @@ class GSM8KSetting:
     task_tokens: int = 192
     monitor_tokens: int = 64
     n_monitor: int = 24
+    progress: bool = False
     tokenizer: PreTrainedTokenizerBase = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,10 +129,13 @@ class GSM8KSetting:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Harmful refusal (whole answers), over-refusal, and GSM8K test NLL, accuracy and format rate."""
         tokenizer = self.tokenizer
-        harmful = refusal_rates(generate(model, tokenizer, self.harmful_prompts(), self.harmful_tokens, 32, None))
-        benign = refusal_rates(generate(model, tokenizer, self.benign_prompts(), 48, 32, None))
+        harmful = refusal_rates(
+            generate(model, tokenizer, self.harmful_prompts(), self.harmful_tokens, 32, self.desc("harmful"))
+        )
+        benign = refusal_rates(generate(model, tokenizer, self.benign_prompts(), 48, 32, self.desc("benign")))
         test = gsm8k(self.data_root, "test")
-        answers = generate(model, tokenizer, [q for q, _ in test[: self.n_task]], self.task_tokens, 25, None)
+        questions = [q for q, _ in test[: self.n_task]]
+        answers = generate(model, tokenizer, questions, self.task_tokens, 25, self.desc("GSM8K test"))
         numbers = [gsm8k_number(a) for a in answers]
         gold = [gsm8k_number(a) for _, a in test[: self.n_task]]
         return {
@@ -140,6 +146,10 @@ class GSM8KSetting:
             "task_format": statistics.mean(n is not None for n in numbers),
             "task_nll": answer_nll(model, tokenizer, test[: self.n_nll]),
         }
+
+    def desc(self, name: str) -> str | None:
+        """The progress bar's label of evaluation set ``name``, or None for no bar."""
+        return f"evaluating: {name}" if self.progress else None
 
     def samples(self, model: nn.Module) -> list[dict]:
         rows = [("harmful", p) for p in self.harmful_prompts()[:2]] + [("benign", self.benign_prompts()[0])]

@@ -1,7 +1,7 @@
 """``logitguard demo``: plain LoRA SFT erodes an aligned model's refusals, the same run with STR keeps them.
 
 Run: logitguard demo [--out DIR] [--seed S] [--steps N] [--penalty kl|mse] [--weight L] [--k K]
-     logitguard demo --model smollm2-135m-safe [--data ../shared/data] [--steps 40]
+     logitguard demo --model smollm2-135m-safe [--data ../shared/data] [--steps 80]
 (on the embedded toy model: about 3 minutes on 2 CPU cores once the toy models are cached, 5-6 the first time;
 on smollm2-135m-safe, fine-tuned on GSM8K: about 30 minutes on 2 CPU cores.)
 """
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(time.strftime("logitguard-demo-%Y%m%d-%H%M%S"))
     if args.model:
         ensure_writable_dir(out)
-        summary = run_real_demo(args.model, args.data, out, args.steps or 40, args.seed)
+        summary = run_real_demo(args.model, args.data, out, args.steps, args.seed)
         print(results_table(summary["models"], REAL_LABELS))
         print(f"\nwrote {out}/results.json, report.md and refusal_curve.png in {summary['seconds']:.0f} s")
         return 0
