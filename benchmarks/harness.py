@@ -32,7 +32,8 @@ KL_BASELINE = STRConfig(
 DROP_BY_NORM = SelectionConfig(0.1, "gradient-norm", batch_size=16)
 DROP_BY_SAFETY = SelectionConfig(0.1, "safety", batch_size=16)
 DROP_BY_FIRST_TOKENS = SelectionConfig(0.1, "first-tokens", batch_size=16)
-DROP_REFUSED = SelectionConfig(None, "refusal", batch_size=16, threshold=0.5)
+DROP_REFUSED = SelectionConfig(None, "refusal", batch_size=16, threshold=0.1)
+DROP_SURELY_REFUSED = SelectionConfig(None, "refusal", batch_size=16, threshold=0.5)  # the toy-calibrated first rule
 DROP_BY_REFUSAL = SelectionConfig(0.1, "refusal", batch_size=16)
 METHODS: dict[str, dict] = {
     "sft": {},
@@ -49,12 +50,14 @@ METHODS: dict[str, dict] = {
     "selection (safety score) + str": {"selection": DROP_BY_SAFETY, "str": DEFAULT_STR},
     "selection (drop 10%, first-token gradient)": {"selection": DROP_BY_FIRST_TOKENS},
     "selection (drop 10%, refusal score)": {"selection": DROP_BY_REFUSAL},
-    "selection (refusal score ≥ 0.5)": {"selection": DROP_REFUSED},
-    "selection (refusal score ≥ 0.5) + str": {"selection": DROP_REFUSED, "str": DEFAULT_STR},
+    "selection (refusal score ≥ 0.5)": {"selection": DROP_SURELY_REFUSED},
+    "selection (refusal score ≥ 0.5) + str": {"selection": DROP_SURELY_REFUSED, "str": DEFAULT_STR},
+    "selection (refusal score ≥ 0.1)": {"selection": DROP_REFUSED},
+    "selection (refusal score ≥ 0.1) + str": {"selection": DROP_REFUSED, "str": DEFAULT_STR},
     "str (anchors + task, conflicts defended)": {"str": replace(DEFAULT_STR, reference="both", mask_conflicts=False)},
 }
 SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
-SELECTION_METRICS = ("dropped_harmful", "dropped_benign")
+SELECTION_METRICS = ("dropped_harmful", "dropped_benign", "harmful_score_min", "benign_score_max")
 Run = tuple[str, str, int]  # method, scenario, seed
 
 
@@ -133,6 +136,11 @@ def summarize(
             if other:
                 rest = f"{100 * other['mean']:.0f}%"
                 share += f" and {rest} of the rest" if dropped else f"; dropped {rest}"
+            if "harmful_score_min" in s and "benign_score_max" in s:
+                share += (
+                    f" (scores: harmful pairs from {s['harmful_score_min']['mean']:.3g}, "
+                    f"the rest up to {s['benign_score_max']['mean']:.3g})"
+                )
             lines += [f"{s['method']}: selection took {s['selection_vs_epoch']['mean']:.2f}× one SFT epoch{share}"]
     return summary, lines
 
@@ -231,14 +239,21 @@ def workers_stopped_on_interrupt(pool: ProcessPoolExecutor) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def selection_outcome(examples: list, keep: list[bool], harmful: list) -> dict:
-    """Shares of the mixed-in harmful pairs and of the other samples that selection dropped."""
+def selection_outcome(examples: list, keep: list[bool], harmful: list, scores: Path) -> dict:
+    """Shares of the mixed-in harmful pairs and of the other samples that selection dropped, and the gap a
+    threshold must fall in: the lowest score of a harmful pair and the highest of any other sample (from the
+    ``scores`` JSONL that :func:`~logitguard.selection.run_selection` wrote)."""
     harmful = set(harmful)
-    mixed_in = [k for e, k in zip(examples, keep, strict=True) if e in harmful]
-    rest = [k for e, k in zip(examples, keep, strict=True) if e not in harmful]
-    outcome = {"dropped_benign": sum(not k for k in rest) / max(len(rest), 1)}
+    values = {r["index"]: r["score"] for r in map(json.loads, scores.read_text(encoding="utf-8").splitlines())}
+    is_harmful = [e in harmful for e in examples]
+    rest = [i for i, h in enumerate(is_harmful) if not h]
+    mixed_in = [i for i, h in enumerate(is_harmful) if h]
+    outcome = {"dropped_benign": sum(not keep[i] for i in rest) / max(len(rest), 1)}
+    if rest:
+        outcome["benign_score_max"] = max(values[i] for i in rest)
     if mixed_in:
-        outcome["dropped_harmful"] = sum(not k for k in mixed_in) / len(mixed_in)
+        outcome["dropped_harmful"] = sum(not keep[i] for i in mixed_in) / len(mixed_in)
+        outcome["harmful_score_min"] = min(values[i] for i in mixed_in)
     return outcome
 
 

@@ -131,8 +131,9 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     if "selection" in spec:  # scored on the very adapter about to be trained
         cost["epoch_steps"] = len(examples) / tune.batch_size
         start = time.perf_counter()
-        keep = select_examples(model, setup, examples, spec["selection"], folder / "selection" / "scores.jsonl", {})
-        cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful)}
+        scores = folder / "selection" / "scores.jsonl"
+        keep = select_examples(model, setup, examples, spec["selection"], scores, {})
+        cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful, scores)}
         examples = [e for e, k in zip(examples, keep, strict=True) if k]
     if spec.get("all_tokens"):
         tokens = full_vocabulary_tokens(setting.tokenizer)

@@ -39,6 +39,8 @@ ROWS = {
     "selection (gradient norm) + str": METHODS["selection (gradient norm) + str"],
     "selection (refusal score ≥ 0.5)": METHODS["selection (refusal score ≥ 0.5)"],
     "selection (refusal score ≥ 0.5) + str": METHODS["selection (refusal score ≥ 0.5) + str"],
+    "selection (refusal score ≥ 0.1)": METHODS["selection (refusal score ≥ 0.1)"],
+    "selection (refusal score ≥ 0.1) + str": METHODS["selection (refusal score ≥ 0.1) + str"],
 }
 METRICS = {
     "harmful_refusal": ("harmful refusal", True),
@@ -145,18 +147,19 @@ def run_one(
         start = time.perf_counter()
         direction = safety_direction(model, anchor_refusal_batch(anchors)) if selection.score == "safety" else None
         samples = ((f"example {i}", chat_messages(p, r)) for i, (p, r) in enumerate(examples))
+        scores = folder / "selection" / "scores.jsonl"
         keep = run_selection(
             model,
             setting.tokenizer,
             samples,
             selection,
-            folder / "selection" / "scores.jsonl",
+            scores,
             {},
             direction,
             len(examples),
             tokens.id_tensor(),
         )
-        cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful)}
+        cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful, scores)}
         examples = [e for e, k in zip(examples, keep, strict=True) if k]
     result = finetune(setting, tune, examples, folder, spec.get("str"), tokens, anchors, model=model, progress=False)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -21,8 +21,8 @@ SHOWN = (
     "SafeInstr (+3% refusals)",
     "selection (drop 10%, gradient norm)",
     "selection (gradient norm) + str",
-    "selection (refusal score ≥ 0.5)",
-    "selection (refusal score ≥ 0.5) + str",
+    "selection (refusal score ≥ 0.1)",
+    "selection (refusal score ≥ 0.1) + str",
 )
 
 

@@ -9,9 +9,9 @@ Scores the benign fine-tuning set, and the same set with 5% harmful-prompt + com
 ``benchmarks/methods.py``), on the fresh LoRA adapter that training would use, with each score: the whole-answer
 gradient norm (the companion paper's), the safety score, the first-token gradient norm (the NLL of the first five
 response tokens) and the refusal score (the aligned model's safety-token mass where the answer starts). Gradient
-scores drop the top ``fraction``; the refusal score drops every sample at or above 0.5. Gives, per kind of sample,
-how many there are, how many are dropped, and the median loss, gradient norm and refusal score; the seconds each
-score took is beside it.
+scores drop the top ``fraction``; the refusal score drops every sample at or above the benchmarks' threshold
+(``harness.DROP_REFUSED``). Gives, per kind of sample, how many there are, how many are dropped, the median loss,
+gradient norm and refusal score, and the refusal score's range; the seconds each score took is beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-RULES = {"gradient-norm": "fraction", "safety": "fraction", "first-tokens": "fraction", "refusal": "threshold 0.5"}
+from harness import DROP_REFUSED
+
+RULES = {
+    "gradient-norm": "fraction",
+    "safety": "fraction",
+    "first-tokens": "fraction",
+    "refusal": f"threshold {DROP_REFUSED.threshold}",
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         examples = mix_safety_examples(setting.benign_data(), harmful, share, args.seed)[: args.limit]
         for score, rule in RULES.items():
             model = lora_model(setting, config.finetune)
-            fraction, threshold = (args.fraction, None) if rule == "fraction" else (None, 0.5)
+            fraction, threshold = (args.fraction, None) if rule == "fraction" else (None, DROP_REFUSED.threshold)
             selection = SelectionConfig(fraction, score, batch_size=16, threshold=threshold)
             scores = work / f"{scenario}-{score}.jsonl"
             start = time.perf_counter()
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 for key in ("loss", "grad_norm", "refusal")
                                 if key in rows[0]
                             },
+                            "refusal_range": [min(r["refusal"] for r in rows), max(r["refusal"] for r in rows)],
                         }
                     )
             write_json(args.out, results)
@@ -94,14 +102,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| data | score (rule) | kind | samples | dropped | loss | grad norm | refusal score |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | score (rule) | kind | samples | dropped | loss | grad norm | refusal score | its range |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         grad = f"{r['median_grad_norm']:.2f}" if "median_grad_norm" in r else "—"
+        spread = "{:.3f}–{:.3f}".format(*r["refusal_range"]) if "refusal_range" in r else "—"
         lines.append(
             f"| {r['data']} | {r['score']} ({r['rule']}) | {r['kind']} | {r['samples']} | {r['dropped']} | "
-            f"{r['median_loss']:.2f} | {grad} | {r['median_refusal']:.3f} |"
+            f"{r['median_loss']:.2f} | {grad} | {r['median_refusal']:.3f} | {spread} |"
         )
     return "\n".join(lines)
 

@@ -28,6 +28,22 @@ def test_refusal_detector(tmp_path):
         assert results["sets"]["real"]["n"] == {"refusal": 84, "compliance": 481, "corrective": 22}
 
 
+def test_selection_outcome_reports_what_was_dropped_and_the_score_gap(tmp_path):
+    examples = [("q1", "a1"), ("harm", "steps"), ("q2", "a2"), ("harm2", "more steps")]
+    scores = tmp_path / "scores.jsonl"
+    records = [{"index": i, "score": s, "kept": s < 0.1} for i, s in enumerate([0.02, 0.37, 0.067, 0.15])]
+    scores.write_text("".join(json.dumps(r) + "\n" for r in records))
+    keep = [r["kept"] for r in records]
+    harmful = [("harm", "steps"), ("harm2", "more steps")]
+    outcome = benchmark("harness").selection_outcome(examples, keep, harmful, scores)
+    assert outcome == {
+        "dropped_benign": 0.0,
+        "benign_score_max": 0.067,
+        "dropped_harmful": 1.0,
+        "harmful_score_min": 0.15,
+    }
+
+
 def test_regularizer_cost(tmp_path):
     out = tmp_path / "cost.json"
     benchmark("regularizer_cost").main(
@@ -48,9 +64,11 @@ def test_str_overhead(tmp_path):
 def test_methods_then_refusal_by_phrasing(tmp_path, toy, capsys):
     out = tmp_path / "methods.json"
     args = ["--steps", "2", "--seeds", "0", "--scenarios", "benign", "--out", str(out)]
-    benchmark("methods").main([*args, "--methods", "sft", "str (anchors, default)", "selection (refusal score ≥ 0.5)"])
-    rows = json.loads(out.read_text())["rows"]
-    assert {r["method"] for r in rows} == {"sft", "str (anchors, default)", "selection (refusal score ≥ 0.5)"}
+    benchmark("methods").main([*args, "--methods", "sft", "str (anchors, default)", "selection (refusal score ≥ 0.1)"])
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"sft", "str (anchors, default)", "selection (refusal score ≥ 0.1)"}
+    selected = rows["selection (refusal score ≥ 0.1)"]  # benign data: the aligned toy would refuse none of it
+    assert selected["dropped_benign"] == 0 and selected["benign_score_max"] < 0.1
     work = Path(capsys.readouterr().out.split("per-run artifacts (adapters) in ")[-1].strip())
     phrasing = tmp_path / "phrasing.json"
     args = ["--methods", "sft", "--scenario", "benign", "--seeds", "0", "--steps", "2", "--n", "4"]

@@ -236,7 +236,9 @@ def test_a_threshold_drops_every_score_at_or_above_it():
 
 
 def test_the_refusal_score_flags_harmful_pairs_under_an_aligned_model(small_toy, corpus):
-    """A compliant answer to a prompt the aligned model refuses scores above every benign pair; no gradient."""
+    """A compliant answer to a prompt the aligned model refuses scores above every benign pair; no gradient. The
+    same prompt answered with a refusal that ends scores 0 (safety data is never dropped), and one answered with a
+    refusal that then complies is flagged like compliance."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from logitguard.generation import generate
@@ -253,14 +255,21 @@ def test_the_refusal_score_flags_harmful_pairs_under_an_aligned_model(small_toy,
     complied = "Sure, here is how: Step 1: [redacted]. Step 2: [redacted]."
     harmful = [(f"h{i}", chat(p, complied)) for i, p in enumerate(refused)]
     benign = [(f"b{i}", e.messages()) for i, e in enumerate(e for e in corpus.instruct if e.kind == "benign")][:8]
+    refusal = "I'm sorry, but I can't help with that."
+    refusing = [(f"r{i}", chat(p, refusal)) for i, p in enumerate(refused)]
+    turning = [(f"t{i}", chat(p, refusal + " Step 1: [redacted].")) for i, p in enumerate(refused)]
     config = SelectionConfig(None, "refusal", batch_size=4, threshold=0.5)
-    records = [r for batch in score_samples(model, tokenizer, harmful + benign, config, safety_ids=ids) for r in batch]
+    samples = harmful + benign + refusing + turning
+    records = [r for batch in score_samples(model, tokenizer, samples, config, safety_ids=ids) for r in batch]
     scores = {r["where"]: r["score"] for r in records}
-    lowest_harmful = min(scores[w] for w, _ in harmful)
+    lowest_harmful = min(scores[w] for w, _ in harmful + turning)
     assert lowest_harmful > max(scores[w] for w, _ in benign)
     assert all(p.grad is None for p in model.parameters())
+    assert [r.get("answer_refuses", False) for r in records] == [w.startswith("r") for w, _ in samples]
+    assert all(scores[w] == 0 for w, _ in refusing)
+    assert all(r["refusal"] > lowest_harmful - 1e-4 for r in records if r["where"].startswith("r"))  # mass recorded
     keep = keep_mask(list(scores.values()), None, threshold=lowest_harmful)
-    assert keep == [False] * len(harmful) + [True] * len(benign)
+    assert keep == [w[0] in "br" for w, _ in samples]
 
 
 def test_the_first_tokens_score_is_the_gradient_of_the_first_response_tokens_only(lora_model, tokenizer):

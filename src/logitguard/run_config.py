@@ -91,7 +91,7 @@ class MonitorSection:
 @dataclass
 class SelectionSection:
     fraction: float = 0.0  # the share of training samples dropped before training (highest scores); 0: off
-    threshold: float | None = None  # or: drop every sample scoring at least this (e.g. 0.5 with score: refusal)
+    threshold: float | None = None  # or: drop every sample scoring at least this (e.g. 0.1 with score: refusal)
     score: Literal["gradient-norm", "safety", "first-tokens", "refusal"] = "gradient-norm"
     batch_size: int = 8
 

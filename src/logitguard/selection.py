@@ -41,6 +41,7 @@ from logitguard.anchors import AnchorCache
 from logitguard.data import IGNORE_INDEX, Messages, Overflow, collate, encode_chat, encode_limited
 from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_write, ensure_writable_dir, write_json
+from logitguard.refusal import is_refusal
 
 Score = Literal["gradient-norm", "safety", "first-tokens", "refusal"]
 SCORES: tuple[str, ...] = ("gradient-norm", "safety", "first-tokens", "refusal")
@@ -56,9 +57,10 @@ class SelectionConfig:
         score: ``gradient-norm`` (the companion paper's), ``safety`` (raises the refusal loss), ``first-tokens``
             (gradient norm of the first response tokens' NLL), or ``refusal``: the probability the aligned model
             gives the safety tokens at the first response position, i.e. how surely it would start a refusal
-            where the sample's answer starts (a forward pass, no gradient).
-        threshold: drop every sample scoring at least this (e.g. 0.5 with ``refusal``: the aligned model would
-            more likely than not refuse the prompt whose answer the sample teaches).
+            where the sample's answer starts (a forward pass, no gradient); a sample that itself answers with a
+            refusal that ends scores 0.
+        threshold: drop every sample scoring at least this (e.g. 0.1 with ``refusal``: the aligned model gives
+            starting a refusal at least a one-in-ten chance where the sample's answer starts).
     """
 
     fraction: float | None = 0.1
@@ -186,6 +188,12 @@ def first_response_mass(logits: Tensor, labels: Tensor, ids: Tensor) -> Tensor:
     return rows.softmax(-1)[:, ids.to(rows.device)].sum(-1)
 
 
+def answers_with_refusal(messages: Messages) -> bool:
+    """Whether the conversation's first assistant turn, the one the refusal score reads, is a refusal that ends."""
+    first = next((m["content"] for m in messages if m["role"] == "assistant"), "")
+    return is_refusal(first)
+
+
 def _logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
@@ -274,7 +282,10 @@ def score_samples(
 
     A record holds ``where``, ``tokens``, ``truncated``, ``loss``, then per score: ``grad_norm`` (gradient
     scores), ``safety`` (when ``direction`` is given: −⟨gradient, direction⟩), ``refusal`` (when ``safety_ids``
-    are given: the safety-token mass at the first response position), and ``score`` (the one that ranks).
+    are given: the safety-token mass at the first response position), and ``score`` (the one that ranks). Under
+    the ``refusal`` score, a sample whose first answer is itself a refusal that ends (:func:`answers_with_refusal`)
+    scores 0 and is marked ``answer_refuses``: it teaches what the aligned model would do, so selection never drops
+    the refusals a user mixes in (SafeInstr).
     """
     if config.score == "safety" and direction is None:
         raise LogitGuardError("score 'safety' needs the safety direction (the gradient of the refusal loss)")
@@ -289,7 +300,7 @@ def score_samples(
             batch = {k: v.to(device) for k, v in batch.items()}
             values = _batch_scores(model, batch, config, direction, safety_ids)
             records = []
-            for i, ((where, _), (example, truncated)) in enumerate(zip(chunk, encoded, strict=True)):
+            for i, ((where, messages), (example, truncated)) in enumerate(zip(chunk, encoded, strict=True)):
                 record = {"where": where, "tokens": len(example["input_ids"]), "truncated": truncated}
                 record |= {key: float(value[i]) for key, value in values.items()}
                 score = record[
@@ -297,6 +308,8 @@ def score_samples(
                 ]
                 if not math.isfinite(score):
                     raise LogitGuardError(f"{where}: the score is {score} (loss {record['loss']})")
+                if config.score == "refusal" and answers_with_refusal(messages):
+                    record["answer_refuses"], score = True, 0.0
                 records.append(record | {"score": score})
             model.zero_grad(set_to_none=True)
             yield records
@@ -398,6 +411,8 @@ def run_selection(
     identity = {**identity, "score": config.score, "max_length": config.max_length, "on_overflow": config.on_overflow}
     if safety_ids is not None:
         identity["safety_ids"] = safety_ids.tolist()
+    if config.score == "refusal":  # scores written before refusing answers scored 0 are not reused
+        identity["refusing_answers"] = "score 0"
     summary_path = scores_path.with_name(scores_path.name + ".summary.json")
     reused = _finished_scores(scores_path, summary_path, identity)
     if reused is not None:
