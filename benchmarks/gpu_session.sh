@@ -28,7 +28,7 @@ overhead)
 rows)
     work=$3 data=$4 steps=${5:-40}
     python real_smollm2.py --work "$work" --data-root "$data" --prepare-only  # once, before two invocations share it
-    main=(sft "str (anchors, default)" "selection (refusal score ≥ 0.5)" "selection (refusal score ≥ 0.5) + str")
+    main=(sft "str (anchors, default)" "selection (refusal score ≥ 0.1)" "selection (refusal score ≥ 0.1) + str")
     peers=("str (anchors from many phrasings)" "PACT-style restricted KL (λ=1, T=2)" "SafeInstr (+3% refusals)"
         "selection (drop 10%, gradient norm)" "selection (gradient norm) + str")
     python real_smollm2.py --work "$work" --data-root "$data" --seeds 0 1 2 --jobs 6 --resume --steps "$steps" \
