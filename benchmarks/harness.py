@@ -137,8 +137,8 @@ def summarize(
                 rest = f"{100 * other['mean']:.0f}%"
                 share += f" and {rest} of the rest" if dropped else f"; dropped {rest}"
             if "harmful_score_min" in s and "benign_score_max" in s:
-                share += (
-                    f" (scores: harmful pairs from {s['harmful_score_min']['mean']:.3g}, "
+                share += (  # each run's lowest and highest score, averaged over seeds
+                    f" (scores, mean over seeds: harmful pairs from {s['harmful_score_min']['mean']:.3g}, "
                     f"the rest up to {s['benign_score_max']['mean']:.3g})"
                 )
             lines += [f"{s['method']}: selection took {s['selection_vs_epoch']['mean']:.2f}× one SFT epoch{share}"]
