@@ -104,6 +104,11 @@ def arguments() -> argparse.ArgumentParser:
         default="direct",
         help="'direct' leaves out the sensitive answers that open with an AI disclaimer (see deflects)",
     )
+    parser.add_argument(
+        "--length-grouped",
+        action="store_true",
+        help="train on batches of similar length (9%% padding instead of 42%%; see data.length_grouped_order)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2 r)")
     parser.add_argument(
@@ -187,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed=args.seed,
         monitor_every=0,
         logging_steps=10,
+        length_grouped=args.length_grouped,
         lora=LoraSection(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.05),
     )
     trained = lora_model(base, tune)

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from logitguard.anchors import AnchorCache
 from logitguard.custom_loop import TrainConfig
-from logitguard.data import collate, encode_chat
+from logitguard.data import collate, encode_chat, length_grouped_order
 from logitguard.discovery import SafetyTokens
 from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_directory, write_json
@@ -52,6 +52,7 @@ class FinetuneConfig(TrainConfig):
     lora: LoraSection = field(default_factory=LoraSection)
     monitor_every: int = 50  # refusal-curve points (0: none)
     logging_steps: int = 10
+    length_grouped: bool = False  # batches of similar length (data.length_grouped_order): less padding, less time
 
     def training_arguments(self, output_dir: Path, progress: bool = True):
         from transformers import TrainingArguments
@@ -70,6 +71,7 @@ class FinetuneConfig(TrainConfig):
             report_to=[],
             seed=self.seed,
             data_seed=self.seed,
+            train_sampling_strategy="sequential" if self.length_grouped else "random",  # grouped: ordered in finetune
             use_cpu=not torch.cuda.is_available(),
             remove_unused_columns=False,
             disable_tqdm=not progress,
@@ -133,6 +135,9 @@ def finetune(
     if constrained:  # the model before any update is the aligned reference
         for example, log_probs in zip(encoded, label_log_probs(model, encoded, tokenizer.pad_token_id), strict=True):
             example["ref_log_probs"] = log_probs
+    if config.length_grouped:
+        lengths = [len(e["input_ids"]) for e in encoded]
+        encoded = [encoded[i] for i in length_grouped_order(lengths, config.batch_size, config.steps, config.seed)]
     timer = StepTimes()
     common = {
         "model": model,
