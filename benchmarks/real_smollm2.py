@@ -88,7 +88,8 @@ def prepare(work: Path, data_root: Path, model: str, seed: int = 0) -> dict:
     requests = setting.safety_requests()
     random.Random(seed).shuffle(requests)
     many, for_compliance = requests[:N_MANY_ANCHORS], requests[N_MANY_ANCHORS : N_MANY_ANCHORS + 200]
-    write_json(work / "refusals.json", [(p, a) for p, a in requests[N_MANY_ANCHORS + 200 :]])
+    if not (work / "refusals.json").is_file():
+        write_json(work / "refusals.json", [(p, a) for p, a in requests[N_MANY_ANCHORS + 200 :]])
     tokens_path = work / "default" / "safety_tokens.json"
     anchors_paths = {"default": work / "default" / "anchors.safetensors", "many": work / "many" / "anchors.safetensors"}
     aligned_path = work / "aligned.json"

@@ -6,8 +6,9 @@ Run: python benchmarks/tables.py            (rewrite the tables in README.md, be
 A table is a block ``<!-- table: KIND [ARGS] -->`` ... ``<!-- /table -->``; KIND is ``methods FILE SCENARIO
 [rows=NAME|NAME...]`` (the toy's methods.json or str_settings.json, optionally only the rows named),
 ``real FILE SCENARIO [rows=...]`` (real_smollm2.json), or the name of a
-benchmark with a ``table`` function of its own results JSON: ``str_overhead``, ``regularizer_cost``,
-``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``, ``build_smollm2_safe``, ``aligned_sweep``.
+benchmark with a ``table`` function of its own results JSON (``KIND.json``, or ``KIND FILE``): ``str_overhead``,
+``regularizer_cost``, ``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``, ``build_smollm2_safe``,
+``aligned_sweep``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ MISSING = "_No results yet: run the command above._"
 def render(spec: str) -> str:
     """The markdown of one table block's spec (a note, when its results file does not exist yet)."""
     kind, *args = spec.split(maxsplit=3)
-    if not (RESULTS / (args[0] if kind in ("methods", "real") else f"{kind}.json")).is_file():
+    results = RESULTS / (args[0] if args else f"{kind}.json")
+    if not results.is_file():
         return MISSING
     sys.path.insert(0, str(ROOT / "benchmarks"))
     if kind in ("methods", "real"):
@@ -42,7 +44,7 @@ def render(spec: str) -> str:
         costs = kind == "methods"  # the real-model runs shared a GPU: their step times measure no cost
         return scenario_table(RESULTS / args[0], module.ROWS, module.METRICS, args[1], rows, costs)
     module = importlib.import_module(kind)
-    return module.table(json.loads((RESULTS / f"{kind}.json").read_text(encoding="utf-8")))
+    return module.table(json.loads(results.read_text(encoding="utf-8")))
 
 
 def regenerate(text: str) -> str:

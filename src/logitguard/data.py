@@ -114,10 +114,10 @@ def length_grouped_order(
             f"{window} and {len(lengths)} examples"
         )
     generator = torch.Generator().manual_seed(seed)
+    size = window * batch_size
     order: list[int] = []
     while len(order) < n_batches * batch_size:
         epoch = torch.randperm(len(lengths), generator=generator).tolist()
-        size = window * batch_size
         batches = []
         for start in range(0, len(epoch), size):
             group = sorted(epoch[start : start + size], key=lambda i: lengths[i])
