@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         examples = mix_safety_examples(setting.benign_data(), harmful, share, args.seed)[: args.limit]
         for score, rule in RULES.items():
             model = lora_model(setting, config.finetune)
-            fraction, threshold = (args.fraction, None) if rule == "fraction" else (None, DROP_REFUSED.threshold)
-            selection = SelectionConfig(fraction, score, batch_size=16, threshold=threshold)
+            selection = SelectionConfig(args.fraction, score, batch_size=16) if rule == "fraction" else DROP_REFUSED
             scores = work / f"{scenario}-{score}.jsonl"
             start = time.perf_counter()
             select_examples(model, setup, examples, selection, scores, {})
