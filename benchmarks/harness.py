@@ -145,12 +145,28 @@ def summarize(
     return summary, lines
 
 
+def one_of(names: Sequence[str]) -> Callable[[str], str]:
+    """An argparse ``type`` that takes one of ``names`` or a prefix (any case) that names exactly one of them, so
+    ``--scenarios harmful`` needs no copy of the full row name; an exact name wins over a longer one it begins."""
+
+    def resolve(text: str) -> str:
+        if text in names:
+            return text
+        matches = [name for name in names if name.lower().startswith(text.lower())]
+        if len(matches) != 1:
+            found = "matches " + " | ".join(map(repr, matches)) if matches else "names none"
+            raise argparse.ArgumentTypeError(f"{text!r} {found} of: {' | '.join(map(repr, names))}")
+        return matches[0]
+
+    return resolve
+
+
 def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, dict], out: Path, steps: int) -> None:
-    """The options every method-comparison benchmark takes."""
+    """The options every method-comparison benchmark takes; methods and scenarios by name or unique prefix."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--methods", nargs="+", choices=list(rows_spec), default=None)
-    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--methods", nargs="+", type=one_of(list(rows_spec)), default=None)
+    parser.add_argument("--scenarios", nargs="+", type=one_of(list(SCENARIOS)), default=list(SCENARIOS))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
     parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--update", action="store_true", help="merge into the rows already in --out")

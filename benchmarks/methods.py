@@ -4,8 +4,9 @@ path, over several seeds.
 Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ... | --str-settings] [--scenarios NAME ...]
                                   [--jobs 2] [--out FILE] [--update | --resume]
      python benchmarks/methods.py --table [--out FILE]   (the tables of the committed results)
-(about 2 minutes per run on 2 CPU cores; the peers × 2 scenarios × 3 seeds are about 2.5 hours with --jobs 1;
-``--resume`` continues an interrupted invocation, running only what ``--out`` does not hold yet).
+(NAME: a method or scenario, or a prefix naming only one, e.g. ``--scenarios harmful``; about 2 minutes per run on
+2 CPU cores; the peers × 2 scenarios × 3 seeds are about 2.5 hours with --jobs 1; ``--resume`` continues an
+interrupted invocation, running only what ``--out`` does not hold yet).
 ``--str-settings`` runs plain SFT, STR's default and each STR setting that changes one default (README's settings
 table: ``--str-settings --scenarios benign --jobs 2 --out benchmarks/results/str_settings.json``).
 

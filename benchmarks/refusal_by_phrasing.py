@@ -21,7 +21,7 @@ import json
 import random
 from pathlib import Path
 
-from harness import SCENARIOS, cell, run_dir  # benchmarks/ is on sys.path
+from harness import SCENARIOS, cell, one_of, run_dir  # benchmarks/ is on sys.path
 from methods import ROWS
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -61,8 +61,8 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path, nargs="?", help="the per-run folder of a methods.py run")
-    parser.add_argument("--methods", nargs="+", default=None, choices=list(ROWS), help="default: every one found")
-    parser.add_argument("--scenario", default=list(SCENARIOS)[1], choices=list(SCENARIOS))
+    parser.add_argument("--methods", nargs="+", default=None, type=one_of(list(ROWS)), help="default: every one found")
+    parser.add_argument("--scenario", default=list(SCENARIOS)[1], type=one_of(list(SCENARIOS)))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=DemoConfig().finetune.steps, help="the methods.py run's budget")
     parser.add_argument("--n", type=int, default=200, help="requests per set")

@@ -1,6 +1,7 @@
 """Every benchmark's ``main(argv)`` on a one-seed, few-step run, so a change to the harness cannot silently break one;
 and the documentation's tables equal what the results JSON gives."""
 
+import argparse
 import importlib
 import json
 import sys
@@ -42,6 +43,19 @@ def test_selection_outcome_reports_what_was_dropped_and_the_score_gap(tmp_path):
         "dropped_harmful": 1.0,
         "harmful_score_min": 0.15,
     }
+
+
+def test_benchmarks_take_a_method_or_scenario_by_its_name_or_a_prefix_naming_only_one():
+    harness = benchmark("harness")
+    parser = argparse.ArgumentParser()
+    rows = {"sft": {}, "selection (a)": {}, "selection (a) + str": {}, "selection (b)": {}}
+    harness.add_arguments(parser, rows, Path("out.json"), steps=1)
+    args = parser.parse_args(["--scenarios", "HARM", "benign", "--methods", "sf", "selection (a)", "selection (b"])
+    assert args.scenarios == ["harmful (5% harmful compliance mixed in)", "benign"]
+    assert args.methods == ["sft", "selection (a)", "selection (b)"]  # an exact name wins over a longer one
+    for ambiguous_or_unknown in (["--methods", "selection"], ["--scenarios", "harmless"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(ambiguous_or_unknown)
 
 
 def test_regularizer_cost(tmp_path):
