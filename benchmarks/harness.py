@@ -165,8 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, dict], o
     """The options every method-comparison benchmark takes; methods and scenarios by name or unique prefix."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--methods", nargs="+", type=one_of(list(rows_spec)), default=None)
-    parser.add_argument("--scenarios", nargs="+", type=one_of(list(SCENARIOS)), default=list(SCENARIOS))
+    methods, scenarios = list(rows_spec), list(SCENARIOS)
+    parser.add_argument("--methods", nargs="+", type=one_of(methods), choices=methods, default=None)
+    parser.add_argument("--scenarios", nargs="+", type=one_of(scenarios), choices=scenarios, default=scenarios)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
     parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--update", action="store_true", help="merge into the rows already in --out")
@@ -174,8 +175,15 @@ def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, dict], o
     parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
 
 
+def read_results(path: Path) -> dict:
+    """A benchmark's results JSON for ``--table``; a missing file is a one-line error, not a traceback."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no results yet (run the benchmark without --table first)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def print_tables(path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]]) -> dict:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_results(path)
     print("\n".join(summarize(data["rows"], rows_spec, metrics, data["methods"][0]["steps"], data["aligned"])[1]))
     return data
 

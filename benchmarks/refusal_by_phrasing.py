@@ -17,11 +17,10 @@ results JSON and prints one markdown table, mean ± std over the seeds found.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
-from harness import SCENARIOS, cell, one_of, run_dir  # benchmarks/ is on sys.path
+from harness import SCENARIOS, cell, one_of, read_results, run_dir  # benchmarks/ is on sys.path
 from methods import ROWS
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -61,8 +60,9 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path, nargs="?", help="the per-run folder of a methods.py run")
-    parser.add_argument("--methods", nargs="+", default=None, type=one_of(list(ROWS)), help="default: every one found")
-    parser.add_argument("--scenario", default=list(SCENARIOS)[1], type=one_of(list(SCENARIOS)))
+    methods, scenarios = list(ROWS), list(SCENARIOS)
+    parser.add_argument("--methods", nargs="+", type=one_of(methods), choices=methods, help="default: every one found")
+    parser.add_argument("--scenario", default=scenarios[1], type=one_of(scenarios), choices=scenarios)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=DemoConfig().finetune.steps, help="the methods.py run's budget")
     parser.add_argument("--n", type=int, default=200, help="requests per set")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
     if args.table:
-        results = json.loads(args.out.read_text(encoding="utf-8"))
+        results = read_results(args.out)
         print(table(results))
         return results
     if args.work is None:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import DROP_REFUSED
+from harness import DROP_REFUSED, read_results
 
 RULES = {
     "gradient-norm": "fraction",
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
     if args.table:
-        results = json.loads(args.out.read_text(encoding="utf-8"))
+        results = read_results(args.out)
         print(table(results))
         return results
 

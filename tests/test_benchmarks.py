@@ -58,6 +58,11 @@ def test_benchmarks_take_a_method_or_scenario_by_its_name_or_a_prefix_naming_onl
             parser.parse_args(ambiguous_or_unknown)
 
 
+def test_a_table_of_results_not_yet_written_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="none.json: no results yet"):
+        benchmark("refusal_by_phrasing").main(["--table", "--out", str(tmp_path / "none.json")])
+
+
 def test_regularizer_cost(tmp_path):
     out = tmp_path / "cost.json"
     benchmark("regularizer_cost").main(
