@@ -161,13 +161,18 @@ def one_of(names: Sequence[str]) -> Callable[[str], str]:
     return resolve
 
 
+def by_name(names: Sequence[str]) -> dict:
+    """``add_argument`` keywords for an option that takes one of ``names``: any name or a prefix naming only one
+    (``one_of``), with the names listed in ``--help``."""
+    return {"type": one_of(names), "choices": list(names)}
+
+
 def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, dict], out: Path, steps: int) -> None:
     """The options every method-comparison benchmark takes; methods and scenarios by name or unique prefix."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=steps)
-    methods, scenarios = list(rows_spec), list(SCENARIOS)
-    parser.add_argument("--methods", nargs="+", type=one_of(methods), choices=methods, default=None)
-    parser.add_argument("--scenarios", nargs="+", type=one_of(scenarios), choices=scenarios, default=scenarios)
+    parser.add_argument("--methods", nargs="+", default=None, **by_name(list(rows_spec)))
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), **by_name(list(SCENARIOS)))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cpu_count // jobs threads")
     parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--update", action="store_true", help="merge into the rows already in --out")

@@ -20,7 +20,7 @@ import argparse
 import random
 from pathlib import Path
 
-from harness import SCENARIOS, cell, one_of, read_results, run_dir  # benchmarks/ is on sys.path
+from harness import SCENARIOS, by_name, cell, read_results, run_dir  # benchmarks/ is on sys.path
 from methods import ROWS
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,9 +60,8 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path, nargs="?", help="the per-run folder of a methods.py run")
-    methods, scenarios = list(ROWS), list(SCENARIOS)
-    parser.add_argument("--methods", nargs="+", type=one_of(methods), choices=methods, help="default: every one found")
-    parser.add_argument("--scenario", default=scenarios[1], type=one_of(scenarios), choices=scenarios)
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every one found", **by_name(list(ROWS)))
+    parser.add_argument("--scenario", default=list(SCENARIOS)[1], **by_name(list(SCENARIOS)))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=DemoConfig().finetune.steps, help="the methods.py run's budget")
     parser.add_argument("--n", type=int, default=200, help="requests per set")
