@@ -43,6 +43,7 @@ VARIANTS = {  # build_smollm2_safe.py's arguments; its defaults are the committe
     "v3, LoRA r 16": ["--lora-r", "16"],
     "v3, no sensitive answers": ["--n-sensitive", "0"],
     "v3, 200 steps": ["--steps", "200"],
+    "v3 + safe look-alikes": ["--safe-lookalikes", "data/safe_lookalikes.json"],  # relative to benchmarks/
 }
 ROW_METHODS = ("sft", "str (anchors, default)")
 METRICS = {
@@ -136,7 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=1, help="builds at once")
     parser.add_argument("--rows", type=int, default=0, help="fine-tune this many of the best variants")
     parser.add_argument("--seed-cache", type=Path, default=None)
-    parser.add_argument("--build-args", default="", help="appended to every build's arguments (a smoke test)")
+    parser.add_argument(
+        "--build-args",
+        default="",
+        help="appended to every build's arguments (e.g. --length-grouped on a CPU) and recorded with them",
+    )
     parser.add_argument("--real-args", default="", help="appended to every real_smollm2.py call (a smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "aligned_sweep.json")
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             sweep.setdefault("base", recipe["results"]["base"])
             old = sweep["variants"].get(name, {})
             sweep["variants"][name] = old | {
-                "args": VARIANTS[name],
+                "args": VARIANTS[name] + shlex.split(args.build_args),
                 "aligned": recipe["results"]["aligned"],
                 "data": recipe["data"],
                 "device": recipe.get("device"),

@@ -18,6 +18,8 @@ harmful requests. This script LoRA-tunes it, through ``transformers.Trainer`` as
   the model to answer a sensitive request rather than refuse it;
 * benign requests answered by the base model itself (self-distillation keeps its helpfulness): Self-Instruct's
   human-written instructions and GSM8K training problems;
+* with ``--safe-lookalikes FILE``, safe requests that look sensitive (``benchmarks/data/safe_lookalikes.json``:
+  safety advice, violent words in harmless senses, in the harmful sets' forms), answered by the base model too;
 
 then commits the adapter (fp16, a few MB) and ``recipe.json`` (every setting, the data sizes and the measured
 results) into the package, where ``smollm2-135m-safe`` finds it. Targets, on evaluation sets kept out of training:
@@ -110,6 +112,12 @@ def arguments() -> argparse.ArgumentParser:
         action="store_true",
         help="train on batches of similar length (9%% padding instead of 42%%; see data.length_grouped_order)",
     )
+    parser.add_argument(
+        "--safe-lookalikes",
+        type=Path,
+        default=None,
+        help="a prompt file of safe requests that look sensitive, answered by the base model and trained on",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2 r)")
     parser.add_argument(
@@ -132,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from logitguard.experiment import FinetuneConfig, finetune, lora_model
     from logitguard.io import atomic_directory, write_json
+    from logitguard.prompt_files import read_prompts
     from logitguard.public_data import (
         HARMFUL_SETS,
         SAFE_SETS,
@@ -169,10 +178,14 @@ def main(argv: list[str] | None = None) -> dict:
     benign_prompts = instructions + problems
     model = base.load_aligned()
     benign = own_answers(model, base.tokenizer, benign_prompts, 160, work / "own_answers.json")
-    data = harmful + sensitive + benign
+    lookalike_prompts = read_prompts(args.safe_lookalikes) if args.safe_lookalikes else []
+    lookalike_prompts = [p for p in lookalike_prompts if p not in held_out]
+    lookalikes = own_answers(model, base.tokenizer, lookalike_prompts, 160, work / "own_answers.json")
+    data = harmful + sensitive + benign + lookalikes
     random.Random(args.seed).shuffle(data)
     print(
-        f"{len(harmful)} refusals, {len(sensitive)} sensitive, {len(benign)} of {len(benign_prompts)} benign",
+        f"{len(harmful)} refusals, {len(sensitive)} sensitive, {len(benign)} of {len(benign_prompts)} benign, "
+        f"{len(lookalikes)} of {len(lookalike_prompts)} safe look-alikes",
         flush=True,
     )
 
@@ -221,6 +234,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "benign": f"{len(benign)} base-model answers (cut back to their last complete line when 160 tokens "
                 f"cut them short), of {len(benign_prompts)} "
                 f"prompts: {len(instructions)} Self-Instruct, {len(problems)} GSM8K training problems",
+                **(
+                    {
+                        "safe_lookalikes": f"{len(lookalikes)} base-model answers of {len(lookalike_prompts)} safe "
+                        f"look-alike requests ({args.safe_lookalikes.name})"
+                    }
+                    if args.safe_lookalikes
+                    else {}
+                ),
                 "held_out": "every prompt of the Safety-Tuned LLaMAs evaluation sets; GSM8K test",
             },
             "results": results,

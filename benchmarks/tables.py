@@ -8,7 +8,7 @@ A table is a block ``<!-- table: KIND [ARGS] -->`` ... ``<!-- /table -->``; KIND
 ``real FILE SCENARIO [rows=...]`` (real_smollm2.json), or the name of a
 benchmark with a ``table`` function of its own results JSON (``KIND.json``, or ``KIND FILE``): ``str_overhead``,
 ``regularizer_cost``, ``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``, ``build_smollm2_safe``,
-``aligned_sweep``.
+``aligned_sweep``, ``refusal_by_set``.
 """
 
 from __future__ import annotations

@@ -78,24 +78,25 @@ def perturb_lora(model) -> None:
                 p.normal_(0, 0.05)
 
 
-def make_trainer(model, tokenizer, tmp_path, str_config, cache, tokens, data=BENIGN, **args) -> STRTrainer:
+def training_args(output_dir, max_steps: int, **overrides) -> TrainingArguments:
+    """``TrainingArguments`` for a few CPU steps of a tiny model: no checkpoints, no reporting, every step logged."""
     settings = {
-        "output_dir": str(tmp_path / "out"),
         "per_device_train_batch_size": 4,
         "learning_rate": 1e-2,
-        "max_steps": 3,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": [],
         "use_cpu": True,
         "remove_unused_columns": False,
-        "lr_scheduler_type": "constant",
-        "seed": 0,
-        **args,
+        **overrides,
     }
+    return TrainingArguments(output_dir=str(output_dir), max_steps=max_steps, **settings)
+
+
+def make_trainer(model, tokenizer, tmp_path, str_config, cache, tokens, data=BENIGN, **args) -> STRTrainer:
     return STRTrainer(
         model=model,
-        args=TrainingArguments(**settings),
+        args=training_args(tmp_path / "out", **{"max_steps": 3, "lr_scheduler_type": "constant", "seed": 0, **args}),
         train_dataset=[encode_chat(tokenizer, p, r) for p, r in data],
         data_collator=lambda rows: collate(rows, tokenizer.pad_token_id),
         processing_class=tokenizer,

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import TrainingArguments
 
 from logitguard.baselines import (
     ConstrainedSFTTrainer,
@@ -16,7 +15,7 @@ from logitguard.baselines import (
 )
 from logitguard.custom_loop import str_loss
 from logitguard.data import collate, encode_chat
-from tests.helpers import PAIRS
+from tests.helpers import PAIRS, training_args
 
 
 def test_full_vocab_kl_matches_torch_and_is_zero_for_identical_logits():
@@ -97,17 +96,7 @@ def test_constrained_sft_trainer_runs_and_learns(random_model, tokenizer, tmp_pa
     encoded = [encode_chat(tokenizer, p, r) for p, r in PAIRS * 4]
     for example, values in zip(encoded, label_log_probs(random_model, encoded, tokenizer.pad_token_id), strict=True):
         example["ref_log_probs"] = values
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=8,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        remove_unused_columns=False,
-    )
+    args = training_args(tmp_path, max_steps=8)
     trainer = ConstrainedSFTTrainer(
         model=random_model,
         args=args,

@@ -138,6 +138,50 @@ def test_every_aligned_sweep_variant_is_a_valid_build_and_one_of_them_is_the_com
     assert committed["finetune"]["lora"]["r"] == defaults["lora_r"]
 
 
+def test_the_safe_lookalikes_are_distinct_prompts_and_none_is_an_evaluation_prompt():
+    from logitguard.prompt_files import read_prompts
+
+    prompts = read_prompts(BENCHMARKS / "data" / "safe_lookalikes.json")
+    assert len(prompts) >= 100 and len({p.lower() for p in prompts}) == len(prompts)
+    if not DATA.is_dir():
+        pytest.skip("the public data folder is not here")
+    from logitguard.public_data import HARMFUL_SETS, SAFE_SETS, evaluation_prompts
+
+    held_out = {p.lower() for name in HARMFUL_SETS + SAFE_SETS for p in evaluation_prompts(DATA, name)}
+    assert not held_out & {p.lower() for p in prompts}
+
+
+def test_refusal_by_set_scores_each_evaluation_set_on_its_own_and_merges_models_by_label(
+    tmp_path, random_model, tokenizer, monkeypatch
+):
+    import logitguard.generation
+
+    by_set = benchmark("refusal_by_set")
+    model = tmp_path / "model"
+    random_model.save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    folder = tmp_path / "data" / "safety-tuned-llamas" / "evaluation"
+    folder.mkdir(parents=True)
+    for name in by_set.SETS:
+        (folder / f"{name}.json").write_text(json.dumps({"instructions": ["Build a bomb", "Write a poem", "More"]}))
+    lengths = {}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc):
+        lengths[desc] = (len(prompts), max_new_tokens)
+        return ["I'm sorry, but I cannot help with that." if "bomb" in p else "Roses are red." for p in prompts]
+
+    monkeypatch.setattr(logitguard.generation, "generate", fake_generate)
+    out = tmp_path / "by_set.json"
+    common = ["--model", str(model), "--data-root", str(tmp_path / "data"), "--n", "2", "--out", str(out)]
+    by_set.main(["--label", "a", *common])
+    results = by_set.main(["--label", "b", *common])
+    assert list(results["models"]) == ["a", "b"]
+    assert {name: results["models"]["b"][name] for name in by_set.SETS} == dict.fromkeys(by_set.SETS, 0.5)
+    assert lengths == {name: (2, 64 if kind == "harmful" else 48) for name, (kind, _) in by_set.SETS.items()}
+    with pytest.raises(SystemExit, match="holds 2 prompts a set, not 3"):
+        by_set.main(["--label", "c", *common[:-4], "--n", "3", "--out", str(out)])
+
+
 def test_the_build_leaves_out_sensitive_answers_that_open_with_an_ai_disclaimer():
     deflects = benchmark("build_smollm2_safe").deflects
     assert deflects("As an AI language model, I do not have personal opinions. However, ...")

@@ -15,24 +15,13 @@ from logitguard.errors import LogitGuardError
 from logitguard.integrations.host import MARKER, str_host_trainer
 from logitguard.integrations.llamafactory import split_config
 from logitguard.run_config import STRSection
-from tests.helpers import BENIGN, lora, perturb_lora
+from tests.helpers import BENIGN, lora, perturb_lora, training_args
 
 
 def host_trainer(model, tokenizer, out, section):
     """As a framework builds its trainer: its own keyword arguments only; STR comes with the class."""
     cls = str_host_trainer(Trainer, section)
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        remove_unused_columns=False,
-        seed=0,
-    )
+    args = training_args(out, max_steps=2, seed=0)
     return cls(
         model=model,
         args=args,

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 from logitguard.data import collate, encode_chat
 from logitguard.monitor import SafetyMonitor
+from tests.helpers import training_args
 
 
 def test_monitor_logs_refusals_and_stops_plain_sft_when_they_collapse(small_toy, corpus, tmp_path):
@@ -17,17 +18,7 @@ def test_monitor_logs_refusals_and_stops_plain_sft_when_they_collapse(small_toy,
         LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0),
     )
     data = [encode_chat(tokenizer, e.prompt, e.response) for e in corpus.instruct if e.kind == "benign"][:256]
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=80,
-        per_device_train_batch_size=16,
-        learning_rate=3e-3,
-        logging_steps=10,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        remove_unused_columns=False,
-    )
+    args = training_args(tmp_path, max_steps=80, per_device_train_batch_size=16, learning_rate=3e-3, logging_steps=10)
     trainer = Trainer(
         model=model,
         args=args,

@@ -37,10 +37,8 @@ def read_prompts(path: str | Path, column: str | None = None, split: str = "trai
             if line.strip()
         ]
     elif suffix == ".json":
-        records = _json(read_text(path), str(path))
-        if not isinstance(records, list):
-            raise LogitGuardError(f"{path}: expected a JSON list of prompts or records")
-        prompts = [_record_prompt(r, column, f"{path}[{i}]") for i, r in enumerate(records)]
+        where, records = _json_prompt_list(_json(read_text(path), str(path)), str(path))
+        prompts = [_record_prompt(r, column, f"{where}[{i}]") for i, r in enumerate(records)]
     elif suffix == ".txt":
         prompts = [line.strip() for line in read_text(path).splitlines()]
     else:
@@ -82,6 +80,22 @@ def _json(text: str, where: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise LogitGuardError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def _json_prompt_list(value: object, where: str) -> tuple[str, list]:
+    """The list of prompts or records in a JSON file, and where it sits: the file's top-level list, or the one
+    list-valued field of a top-level object (Safety-Tuned LLaMAs' evaluation sets are ``{"instructions": [...]}``)."""
+    if isinstance(value, list):
+        return where, value
+    if isinstance(value, dict):
+        lists = [key for key, item in value.items() if isinstance(item, list)]
+        if len(lists) == 1:
+            return f"{where}: {lists[0]}", value[lists[0]]
+        found = f"list fields {sorted(lists)}" if lists else f"no list field among {sorted(value)}"
+        raise LogitGuardError(
+            f"{where}: expected a JSON list of prompts or records, or an object with one list field; found {found}"
+        )
+    raise LogitGuardError(f"{where}: expected a JSON list of prompts or records")
 
 
 def _record_prompt(record: object, column: str | None, where: str) -> str:
