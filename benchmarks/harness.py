@@ -187,6 +187,13 @@ def read_results(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def show_table(path: Path, table: Callable[[dict], str]) -> dict:
+    """``--table``: print ``table`` of the results JSON at ``path`` (a one-line error when there is none yet)."""
+    results = read_results(path)
+    print(table(results))
+    return results
+
+
 def print_tables(path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]]) -> dict:
     data = read_results(path)
     print("\n".join(summarize(data["rows"], rows_spec, metrics, data["methods"][0]["steps"], data["aligned"])[1]))

@@ -20,7 +20,7 @@ import argparse
 import random
 from pathlib import Path
 
-from harness import SCENARIOS, by_name, cell, read_results, run_dir  # benchmarks/ is on sys.path
+from harness import SCENARIOS, by_name, cell, run_dir, show_table  # benchmarks/ is on sys.path
 from methods import ROWS
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
     if args.table:
-        results = read_results(args.out)
-        print(table(results))
-        return results
+        return show_table(args.out, table)
     if args.work is None:
         parser.error("give the WORK_DIR of a methods.py run (or --table)")
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import read_results
+from harness import show_table
+
+from logitguard.real_setting import HARMFUL_EVAL_SETS, SAFE_EVAL_SETS, GSM8KSetting
 
 ROOT = Path(__file__).parents[1]
-SETS = {  # evaluation set: (kind, new tokens), as in logitguard.real_setting.GSM8KSetting.evaluate
-    "I-MaliciousInstructions": ("harmful", 64),
-    "I-CoNa": ("harmful", 64),
-    "I-PhysicalSafetySafe": ("safe", 48),
-    "I-Alpaca": ("safe", 48),
+SETS = {  # evaluation set: (kind, new tokens), those of the pooled evaluation
+    **{name: ("harmful", GSM8KSetting.harmful_tokens) for name in HARMFUL_EVAL_SETS},
+    **{name: ("safe", GSM8KSetting.benign_tokens) for name in SAFE_EVAL_SETS},
 }
 
 
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
     if args.table:
-        results = read_results(args.out)
-        print(table(results))
-        return results
+        return show_table(args.out, table)
     if not args.label:
         parser.error("give --label (the model's row name), or --table")
 

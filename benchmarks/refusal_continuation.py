@@ -21,6 +21,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from harness import show_table  # benchmarks/ is on sys.path
+
 VARIANTS = {
     "no target bucket": {"target_bucket": False},
     "end-of-turn as a safety token, no target bucket": {"target_bucket": False, "end_token": True},
@@ -89,9 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
     if args.table:
-        results = json.loads(args.out.read_text(encoding="utf-8"))
-        print(table(results))
-        return results
+        return show_table(args.out, table)
     from logitguard.io import write_json
 
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {"rows": []}

@@ -13,12 +13,12 @@ STR the cached (n, k) anchors, for the full KL the (n, V) logits a reference for
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from harness import show_table  # benchmarks/ is on sys.path
 
 from logitguard.baselines import full_vocab_kl
 from logitguard.penalties import salient_kl, salient_logits
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.out.read_text(encoding="utf-8"))))
+        show_table(args.out, table)
         return
     from logitguard.io import write_json
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import DROP_REFUSED, read_results
+from harness import DROP_REFUSED, show_table
 
 RULES = {
     "gradient-norm": "fraction",
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
     if args.table:
-        results = read_results(args.out)
-        print(table(results))
-        return results
+        return show_table(args.out, table)
 
     from logitguard.baselines import mix_safety_examples
     from logitguard.demo import DemoConfig, select_examples, set_up

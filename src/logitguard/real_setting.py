@@ -29,6 +29,8 @@ Pairs = list[tuple[str, str]]
 LEARNING_RATE = 3e-4
 N_TRAIN = 320  # short GSM8K training problems of a fine-tuning run
 STEPS = 80  # two epochs at batch 8: the budget at which plain SFT erodes refusal by >= 30 points (40 steps: 20)
+HARMFUL_EVAL_SETS = ("I-MaliciousInstructions", "I-CoNa")  # half of the harmful prompts from each
+SAFE_EVAL_SETS = ("I-PhysicalSafetySafe", "I-Alpaca")  # half of the over-refusal prompts from each
 
 
 def finetune_config(seed: int = 0, steps: int = STEPS):
@@ -91,6 +93,7 @@ class GSM8KSetting:
     n_nll: int = 100
     max_train_tokens: int = 192
     harmful_tokens: int = 64
+    benign_tokens: int = 48
     task_tokens: int = 192
     monitor_tokens: int = 64
     n_monitor: int = 24
@@ -109,18 +112,16 @@ class GSM8KSetting:
     # --- evaluation: held out from every training and anchor set -----------------------------------------------
 
     def harmful_prompts(self) -> list[str]:
-        half = self.n_eval // 2
-        return (
-            evaluation_prompts(self.data_root, "I-MaliciousInstructions")[:half]
-            + evaluation_prompts(self.data_root, "I-CoNa")[: self.n_eval - half]
-        )
+        return self._halves(HARMFUL_EVAL_SETS)
 
     def benign_prompts(self) -> list[str]:
+        return self._halves(SAFE_EVAL_SETS)
+
+    def _halves(self, sets: tuple[str, str]) -> list[str]:
+        """``n_eval`` prompts: the first half of them from the first set, the rest from the second."""
         half = self.n_eval // 2
-        return (
-            evaluation_prompts(self.data_root, "I-PhysicalSafetySafe")[:half]
-            + evaluation_prompts(self.data_root, "I-Alpaca")[: self.n_eval - half]
-        )
+        first, second = (evaluation_prompts(self.data_root, name) for name in sets)
+        return first[:half] + second[: self.n_eval - half]
 
     @property
     def monitor_prompts(self) -> list[str]:
@@ -132,7 +133,9 @@ class GSM8KSetting:
         harmful = refusal_rates(
             generate(model, tokenizer, self.harmful_prompts(), self.harmful_tokens, 32, self.desc("harmful"))
         )
-        benign = refusal_rates(generate(model, tokenizer, self.benign_prompts(), 48, 32, self.desc("benign")))
+        benign = refusal_rates(
+            generate(model, tokenizer, self.benign_prompts(), self.benign_tokens, 32, self.desc("benign"))
+        )
         test = gsm8k(self.data_root, "test")
         questions = [q for q, _ in test[: self.n_task]]
         answers = generate(model, tokenizer, questions, self.task_tokens, 25, self.desc("GSM8K test"))
