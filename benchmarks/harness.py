@@ -178,6 +178,9 @@ def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, dict], o
     parser.add_argument("--update", action="store_true", help="merge into the rows already in --out")
     parser.add_argument("--resume", action="store_true", help="merge into --out, running only what it lacks")
     parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", metavar="JSON", help="merge these results files' rows into --out and stop"
+    )
 
 
 def read_results(path: Path) -> dict:
@@ -194,10 +197,66 @@ def show_table(path: Path, table: Callable[[dict], str]) -> dict:
     return results
 
 
-def print_tables(path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]]) -> dict:
+def print_tables(
+    path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]], costs: bool = True
+) -> dict:
     data = read_results(path)
-    print("\n".join(summarize(data["rows"], rows_spec, metrics, data["methods"][0]["steps"], data["aligned"])[1]))
+    lines = summarize(data["rows"], rows_spec, metrics, data["methods"][0]["steps"], data["aligned"], costs)[1]
+    print("\n".join(lines))
     return data
+
+
+def results_only(
+    args: argparse.Namespace, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]], costs: bool = True
+) -> bool:
+    """Do ``--table`` or ``--merge`` if asked (and say so: the benchmark then runs nothing). ``costs=False``
+    leaves the step-time and memory ratios out of the tables (see :func:`summarize`)."""
+    if args.table:
+        print_tables(args.out, rows_spec, metrics, costs)
+    elif args.merge:
+        merge_results(args.merge, args.out, rows_spec, metrics, costs)
+    return bool(args.table or args.merge)
+
+
+def merge_results(
+    paths: Sequence[Path],
+    out: Path,
+    rows_spec: dict[str, dict],
+    metrics: dict[str, tuple[str, bool]],
+    costs: bool = True,
+) -> dict:
+    """``--merge``: add the rows of other runs of this benchmark (another machine's, another session's) to ``out``.
+
+    Every file must hold the same step budget and aligned model as ``out``. A run already in ``out`` is kept; the
+    same run measured differently is an error naming it (rerun it with ``--update`` to replace it), so two
+    sessions' numbers are never mixed silently."""
+    from logitguard.io import write_json
+
+    merged = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else None
+    for path in paths:
+        incoming = read_results(path)
+        if merged is None:
+            merged = {**incoming, "rows": []}
+        for what, ours, theirs in (
+            ("step budget", merged["methods"][0]["steps"], incoming["methods"][0]["steps"]),
+            ("aligned model's results", merged["aligned"], incoming["aligned"]),
+        ):
+            if ours != theirs:
+                raise SystemExit(f"{path}: its {what} is not that of {out}; merge it into another --out")
+        known = {(r["method"], r["scenario"], r["seed"]): r for r in merged["rows"]}
+        for row in incoming["rows"]:
+            key = (row["method"], row["scenario"], row["seed"])
+            if key not in known:
+                known[key] = row
+                merged["rows"].append(row)
+            elif known[key] != row:
+                run = " | ".join(map(str, key))
+                raise SystemExit(f"{path}: {run} differs from {out}'s row; rerun it with --update")
+    steps = merged["methods"][0]["steps"]
+    merged["methods"], lines = summarize(merged["rows"], rows_spec, metrics, steps, merged["aligned"], costs)
+    write_json(out, merged)
+    print("\n".join(lines))
+    return merged
 
 
 def run_all(

@@ -34,7 +34,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, print_tables, run_all, run_dir, selection_outcome
+from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, results_only, run_all, run_dir, selection_outcome
 
 STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str (anchors, default)"
     "str, λ=0.1": {"str": replace(DEFAULT_STR, weight=0.1)},
@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     add_arguments(parser, ROWS, RESULTS / "methods.json", DemoConfig().finetune.steps)
     parser.add_argument("--str-settings", action="store_true", help="SFT, STR's default and each STR setting")
     args = parser.parse_args(argv)
-    if args.table:
-        print_tables(args.out, ROWS, METRICS)
+    if results_only(args, ROWS, METRICS):
         return
     methods = args.methods or (["sft", "str (anchors, default)", *STR_SETTINGS] if args.str_settings else [*METHODS])
     config = DemoConfig()

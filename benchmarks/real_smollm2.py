@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, print_tables, run_all, run_dir, selection_outcome
+from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, results_only, run_all, run_dir, selection_outcome
 
 ROWS = {
     "sft": METHODS["sft"],
@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--prepare-only", action="store_true", help="make --work's cached pieces, run nothing")
     args = parser.parse_args(argv)
-    if args.table:
-        print_tables(args.out, ROWS, METRICS)
+    if results_only(args, ROWS, METRICS, costs=False):  # runs shared a device: their step times measure no cost
         return
     args.work.mkdir(parents=True, exist_ok=True)
     aligned = prepare(args.work, args.data_root, args.model)
