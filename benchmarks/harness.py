@@ -141,7 +141,8 @@ def summarize(
                     f" (scores, mean over seeds: harmful pairs from {s['harmful_score_min']['mean']:.3g}, "
                     f"the rest up to {s['benign_score_max']['mean']:.3g})"
                 )
-            lines += [f"{s['method']}: selection took {s['selection_vs_epoch']['mean']:.2f}× one SFT epoch{share}"]
+            took = f"selection took {s['selection_vs_epoch']['mean']:.2f}× one SFT epoch" if costs else ""
+            lines += [f"{s['method']}: {(took + share).removeprefix('; ')}"]
     return summary, lines
 
 
@@ -250,7 +251,7 @@ def merge_results(
                 known[key] = row
                 merged["rows"].append(row)
             elif known[key] != row:
-                run = " | ".join(map(str, key))
+                run = f"{row['scenario']} | {row['method']} | seed {row['seed']}"
                 raise SystemExit(f"{path}: {run} differs from {out}'s row; rerun it with --update")
     steps = merged["methods"][0]["steps"]
     merged["methods"], lines = summarize(merged["rows"], rows_spec, metrics, steps, merged["aligned"], costs)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, results_only, run_all, run_dir, selection_outcome
 
-ROWS = {
+ROWS = {  # new rows go last: a run's folder is named by its row's position (harness.run_dir)
     "sft": METHODS["sft"],
     "str (anchors, default)": METHODS["str (anchors, default)"],
     "str (anchors from many phrasings)": {"str": DEFAULT_STR, "anchors": "many"},
@@ -42,6 +42,7 @@ ROWS = {
     "selection (refusal score ≥ 0.5) + str": METHODS["selection (refusal score ≥ 0.5) + str"],
     "selection (refusal score ≥ 0.1)": METHODS["selection (refusal score ≥ 0.1)"],
     "selection (refusal score ≥ 0.1) + str": METHODS["selection (refusal score ≥ 0.1) + str"],
+    "selection (drop 10%, safety score)": METHODS["selection (drop 10%, safety score)"],
 }
 METRICS = {
     "harmful_refusal": ("harmful refusal", True),

@@ -4,6 +4,7 @@ and the documentation's tables equal what the results JSON gives."""
 import argparse
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -265,3 +266,32 @@ def test_resuming_into_results_of_another_step_budget_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="holds 40-step runs, not 80-step ones: use another --out"):
         benchmark("harness").run_all(print, [("sft", "benign", 1)], args, {}, {"sft": {}}, {})
     assert json.loads(out.read_text())["rows"] == rows
+
+
+def test_merging_adds_another_machines_runs_and_refuses_one_measured_differently(tmp_path, capsys):
+    harness, metrics = benchmark("harness"), {"harmful_refusal": ("harmful refusal", True)}
+
+    def results(path: Path, refusals: dict[int, float], steps: int = 80) -> Path:
+        rows = [
+            {"method": "sft", "scenario": "benign", "seed": seed, "harmful_refusal": refusal, "step_time_ms": 1.0}
+            | {"peak_rss_mib": 1.0}
+            for seed, refusal in refusals.items()
+        ]
+        path.write_text(json.dumps({"aligned": {"harmful_refusal": 0.7}, "rows": rows, "methods": [{"steps": steps}]}))
+        return path
+
+    out = results(tmp_path / "out.json", {0: 0.3})
+    gpu = results(tmp_path / "gpu.json", {0: 0.3, 1: 0.5})  # a copy of out that ran seed 1 too
+    merged = harness.merge_results([gpu], out, {"sft": {}}, metrics)
+    assert json.loads(out.read_text()) == merged
+    assert [r["seed"] for r in merged["rows"]] == [0, 1]
+    assert merged["methods"][0]["harmful_refusal"]["mean"] == pytest.approx(0.4)
+    assert "| sft | 0, 1 | 40.0 ± 10.0% |" in capsys.readouterr().out
+    before = out.read_text()
+    for other, error in [
+        (results(tmp_path / "rerun.json", {1: 0.6}), re.escape("benign | sft | seed 1 differs from")),
+        (results(tmp_path / "40.json", {2: 0.5}, steps=40), "its step budget is not that of"),
+    ]:
+        with pytest.raises(SystemExit, match=error):
+            harness.merge_results([other], out, {"sft": {}}, metrics)
+        assert out.read_text() == before
