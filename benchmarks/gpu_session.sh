@@ -38,10 +38,12 @@ rows)
     benign=(sft "str (anchors, default)" "str (anchors from many phrasings)" "PACT-style restricted KL (λ=1, T=2)"
         "SafeInstr (+3% refusals)")
     harmful=("${benign[@]}" "selection (drop 10%, gradient norm)" "selection (gradient norm) + str"
-        "selection (refusal score ≥ 0.1)" "selection (refusal score ≥ 0.1) + str")
+        "selection (refusal score ≥ 0.1)" "selection (refusal score ≥ 0.1) + str" "selection (drop 10%, safety score)")
     run=(python real_smollm2.py --work "$work" --data-root "$data" --seeds 0 1 2 --resume --steps "$steps")
-    "${run[@]}" --scenarios harmful --jobs 8 --methods "${harmful[@]}" --out "$out/harmful.json" >"$out/harmful.log" 2>&1 &
-    "${run[@]}" --scenarios benign --jobs 5 --methods "${benign[@]}" --out "$out/benign.json" >"$out/benign.log" 2>&1 &
+    "${run[@]}" --scenarios harmful --jobs 8 --methods "${harmful[@]}" --out "$out/harmful.json" \
+        >"$out/harmful.log" 2>&1 &
+    "${run[@]}" --scenarios benign --jobs 5 --methods "${benign[@]}" --out "$out/benign.json" \
+        >"$out/benign.log" 2>&1 &
     wait
     ;;
 aligned)
