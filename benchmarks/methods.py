@@ -58,6 +58,7 @@ STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str 
     "str, anchors from 4 phrasings": {"str": DEFAULT_STR, "phrasings": 4},
 }
 ROWS = METHODS | STR_SETTINGS  # every row the benchmark can run
+COSTS = True  # every run alone in its process: the tables compare step time and memory with SFT's
 METRICS = {
     "harmful_refusal": ("harmful refusal", True),
     "harmful_refusal_opening": ("refusal opening only", True),
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     add_arguments(parser, ROWS, RESULTS / "methods.json", DemoConfig().finetune.steps)
     parser.add_argument("--str-settings", action="store_true", help="SFT, STR's default and each STR setting")
     args = parser.parse_args(argv)
-    if results_only(args, ROWS, METRICS):
+    if results_only(args, ROWS, METRICS, COSTS):
         return
     methods = args.methods or (["sft", "str (anchors, default)", *STR_SETTINGS] if args.str_settings else [*METHODS])
     config = DemoConfig()

@@ -44,6 +44,7 @@ ROWS = {  # new rows go last: a run's folder is named by its row's position (har
     "selection (refusal score ≥ 0.1) + str": METHODS["selection (refusal score ≥ 0.1) + str"],
     "selection (drop 10%, safety score)": METHODS["selection (drop 10%, safety score)"],
 }
+COSTS = False  # the tables leave step time and memory out: runs shared a device, so their step times measure no cost
 METRICS = {
     "harmful_refusal": ("harmful refusal", True),
     "harmful_refusal_opening": ("refusal opening only", True),
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--prepare-only", action="store_true", help="make --work's cached pieces, run nothing")
     args = parser.parse_args(argv)
-    if results_only(args, ROWS, METRICS, costs=False):  # runs shared a device: their step times measure no cost
+    if results_only(args, ROWS, METRICS, COSTS):
         return
     args.work.mkdir(parents=True, exist_ok=True)
     aligned = prepare(args.work, args.data_root, args.model)

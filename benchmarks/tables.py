@@ -41,8 +41,7 @@ def render(spec: str) -> str:
 
         module = importlib.import_module("methods" if kind == "methods" else "real_smollm2")
         rows = args[2].removeprefix("rows=").split("|") if len(args) > 2 else None
-        costs = kind == "methods"  # the real-model runs shared a GPU: their step times measure no cost
-        return scenario_table(results, module.ROWS, module.METRICS, args[1], rows, costs)
+        return scenario_table(results, module.ROWS, module.METRICS, args[1], rows, module.COSTS)
     module = importlib.import_module(kind)
     return module.table(json.loads(results.read_text(encoding="utf-8")))
 
