@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -24,10 +25,29 @@ def test_the_documentation_tables_are_those_of_the_results_json():
 
 
 def test_refusal_detector(tmp_path):
-    results = benchmark("refusal_detector").main(["--out", str(tmp_path / "r.json"), "--data-root", str(DATA)])
-    assert results["sets"]["written"]["precision"] >= 0.95 and results["sets"]["written"]["recall"] >= 0.95
-    if "real" in results["sets"]:  # the labels of real answers, read from the public data folder
-        assert results["sets"]["real"]["n"] == {"refusal": 84, "compliance": 481, "corrective": 22}
+    argv = ["--out", str(tmp_path / "r.json"), "--data-root", str(DATA), "--judges", "keyword", "ngram"]
+    sets = benchmark("refusal_detector").main(argv)["sets"]
+    assert sets["written"]["keyword"]["precision"] >= 0.95 and sets["written"]["keyword"]["recall"] >= 0.95
+    if "real" in sets:  # the labels of real answers, read from the public data folder; the classifier needs them
+        assert sets["real"]["keyword"]["n"] == {"refusal": 84, "compliance": 481, "corrective": 22}
+        assert sets["real"]["n-gram classifier"]["recall"] > 0.9  # cross-validated on the real set ...
+        assert sets["written"]["n-gram classifier"]["recall"] < 0.5  # ... and no reader of other refusals
+
+
+def test_cross_validation_folds_are_stratified_and_a_fit_separates_what_it_was_given():
+    detector = benchmark("refusal_detector")
+    rows = (
+        [("I won't.", "refusal")] * 10
+        + [("Here it is.", "compliance")] * 20
+        + [("No, that's a myth.", "corrective")] * 5
+    )
+    fold = detector.folds(rows)
+    for k in range(detector.FOLDS):
+        assert [label for (_, label), f in zip(rows, fold, strict=True) if f == k].count("refusal") == 2
+    grams = detector.ngram_features(["I won't do that.", "I won't help.", "Here is a poem.", "Here is a list."])
+    x, x_test = detector.ngram_matrix(grams, detector.ngram_features(["I won't say.", "Here is one."]))
+    y = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    assert detector.logistic_regression(x, y, x_test, l2=1e-3) == [True, False]
 
 
 def test_selection_outcome_reports_what_was_dropped_and_the_score_gap(tmp_path):
