@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from harness import show_table  # benchmarks/ is on sys.path
 from torch import Tensor
 
 from logitguard.io import write_json
@@ -143,8 +144,8 @@ def embeddings(texts: Sequence[str], model_name: str = EMBEDDING_MODEL, layer: i
     tokenizer.padding_side = "right"
     out = []
     for i in range(0, len(texts), 32):
-        batch = tokenizer([t or " " for t in texts[i : i + 32]], return_tensors="pt", padding=True, truncation=True,
-                          max_length=48)  # fmt: skip
+        chunk = [t or " " for t in texts[i : i + 32]]  # an empty answer still gets one token to pool
+        batch = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=48)
         hidden = model(**batch, output_hidden_states=True).hidden_states[layer]
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         out.append((hidden * mask).sum(1) / mask.sum(1))
@@ -236,21 +237,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", action="store_true", help="print the table of --out and stop")
     args = parser.parse_args(argv)
     if args.table:
-        results = json.loads(args.out.read_text(encoding="utf-8"))
-        print(table(results))
-        return results
+        return show_table(args.out, table)
     written = written_set()
     real = real_set(args.data_root) if (args.data_root / "safety-tuned-llamas").is_dir() else None
     if real is None:
         print(f"no data folder at {args.data_root}: the real-text set and the learned judges are skipped")
-    keyword = {"written": [judge_response(t) == "refusal" for t, _ in written]}
-    if real is not None:
-        keyword["real"] = [judge_response(t) == "refusal" for t, _ in real]
-    calls = {"keyword": keyword} if "keyword" in args.judges else {}
+    rows = {"written": written} | ({"real": real} if real is not None else {})
+    calls = {}
+    if "keyword" in args.judges:
+        calls["keyword"] = {name: [judge_response(t) == "refusal" for t, _ in r] for name, r in rows.items()}
     for kind in ("ngram", "embedding"):
         if kind in args.judges and real is not None:
             calls[JUDGES[kind]] = learned(kind, real, written)
-    rows = {"written": written, "real": real}
     sets = {name: {judge: scores(rows[name], c[name]) for judge, c in calls.items() if name in c} for name in rows}
     results = {"sets": {name: judges for name, judges in sets.items() if judges}}
     write_json(args.out, results)
