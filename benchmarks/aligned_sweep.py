@@ -1,8 +1,8 @@
 """Recipes for ``smollm2-135m-safe`` side by side, then SFT and STR fine-tuning on the best of them.
 
-Run: python benchmarks/aligned_sweep.py --work DIR [--data-root ../shared/data] [--variants NAME ...] [--jobs 8]
+Run: python -m benchmarks.aligned_sweep --work DIR [--data-root ../shared/data] [--variants NAME ...] [--jobs 8]
                                         [--rows 3] [--seed-cache DIR] [--out benchmarks/results/aligned_sweep.json]
-     python benchmarks/aligned_sweep.py --table
+     python -m benchmarks.aligned_sweep --table
 (each variant is one ``build_smollm2_safe.py`` run: about 50 minutes on 2 CPU cores with the base model's answers
 cached, 4 minutes on one H200 with 8 side by side. ``--rows K`` then fine-tunes the K variants with the largest
 refusal minus over-refusal on GSM8K with SFT and STR, seed 0, through ``real_smollm2.py``. Resume with the same
@@ -33,6 +33,7 @@ from logitguard.io import write_json
 
 ROOT = Path(__file__).parents[1]
 HERE = Path(__file__).parent
+ROOT = HERE.parent  # the subprocesses run `python -m benchmarks.NAME` from the repository root
 V2 = ["--sensitive-answers", "all", "--n-self-instruct", "300", "--n-gsm8k", "64"]
 VARIANTS = {  # build_smollm2_safe.py's arguments; its defaults are the committed recipe (v3)
     "v2 (committed until 2026-11-30)": V2,
@@ -43,7 +44,7 @@ VARIANTS = {  # build_smollm2_safe.py's arguments; its defaults are the committe
     "v3, LoRA r 16": ["--lora-r", "16"],
     "v3, no sensitive answers": ["--n-sensitive", "0"],
     "v3, 200 steps": ["--steps", "200"],
-    "v3 + safe look-alikes": ["--safe-lookalikes", "data/safe_lookalikes.json"],  # relative to benchmarks/
+    "v3 + safe look-alikes": ["--safe-lookalikes", "benchmarks/data/safe_lookalikes.json"],  # from the root
 }
 ROW_METHODS = ("sft", "str (anchors, default)")
 METRICS = {
@@ -69,7 +70,7 @@ def copy_cached(folder: Path, cache: Path | None) -> None:
 def run(command: list[str], log: Path, threads: int) -> int:
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     with log.open("a") as f:
-        return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE).returncode
+        return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
 
 
 def build(name: str, args: argparse.Namespace, threads: int) -> dict | None:
@@ -78,7 +79,7 @@ def build(name: str, args: argparse.Namespace, threads: int) -> dict | None:
     recipe = folder / "recipe.json"
     if not recipe.is_file():
         copy_cached(folder / "cache", args.seed_cache)
-        command = [sys.executable, "build_smollm2_safe.py", "--data-root", str(args.data_root), "--work"]
+        command = [sys.executable, "-m", "benchmarks.build_smollm2_safe", "--data-root", str(args.data_root), "--work"]
         command += [str(folder / "cache"), "--out", str(folder / "adapter"), "--results", str(recipe)]
         if run(command + VARIANTS[name] + shlex.split(args.build_args), folder / "build.log", threads) != 0:
             print(f"{name}: build failed, see {folder / 'build.log'}", flush=True)
@@ -88,13 +89,21 @@ def build(name: str, args: argparse.Namespace, threads: int) -> dict | None:
 
 def fine_tune(name: str, args: argparse.Namespace, threads: int) -> dict | None:
     """SFT and STR (seed 0, benign GSM8K) on one variant, through ``real_smollm2.py``: its rows file, or None."""
-    from logitguard.models import SMOLLM2, converted_gguf, merged_adapter
+    from logitguard.models.builtin import SMOLLM2, merged_adapter
 
     folder = args.work / slug(name)
-    merged = merged_adapter(converted_gguf(SMOLLM2.gguf_path()), folder / "adapter")  # keyed by the adapter
+    merged = merged_adapter(SMOLLM2.folder(), folder / "adapter")  # keyed by the adapter
     copy_cached(folder / "real", args.seed_cache)
     out = folder / "real_smollm2.json"
-    command = [sys.executable, "real_smollm2.py", "--work", str(folder / "real"), "--data-root", str(args.data_root)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.real_smollm2",
+        "--work",
+        str(folder / "real"),
+        "--data-root",
+        str(args.data_root),
+    ]
     command += ["--model", str(merged), "--seeds", "0", "--scenarios", "benign", "--jobs", "2", "--resume"]
     command += ["--steps", "40"]  # the budget of the committed sweep (real_smollm2.py's own is 80 since)
     command += ["--out", str(out), "--methods", *ROW_METHODS, *shlex.split(args.real_args)]
@@ -153,9 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.work = args.work.resolve()
     args.data_root = args.data_root.resolve()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    from logitguard.models import SMOLLM2, converted_gguf
+    from logitguard.models.builtin import SMOLLM2
 
-    converted_gguf(SMOLLM2.gguf_path())  # once, before the builds that all read it
+    SMOLLM2.folder()  # converted once, before the builds that all read it
 
     def record(name: str, recipe: dict | None) -> None:
         if recipe is not None:

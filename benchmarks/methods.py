@@ -1,9 +1,9 @@
 """STR against the peer methods, STR's own settings, and gradient-based sample selection, in the same training
 path, over several seeds.
 
-Run: python benchmarks/methods.py [--seeds 0 1 2] [--methods NAME ... | --str-settings] [--scenarios NAME ...]
+Run: python -m benchmarks.methods [--seeds 0 1 2] [--methods NAME ... | --str-settings] [--scenarios NAME ...]
                                   [--jobs 2] [--out FILE] [--update | --resume]
-     python benchmarks/methods.py --table [--out FILE]   (the tables of the committed results)
+     python -m benchmarks.methods --table [--out FILE]   (the tables of the committed results)
 (NAME: a method or scenario, or a prefix naming only one, e.g. ``--scenarios harmful``; about 2 minutes per run on
 2 CPU cores; the peers × 2 scenarios × 3 seeds are about 2.5 hours with --jobs 1; ``--resume`` continues an
 interrupted invocation, running only what ``--out`` does not hold yet).
@@ -11,7 +11,7 @@ interrupted invocation, running only what ``--out`` does not hold yet).
 table: ``--str-settings --scenarios benign --jobs 2 --out benchmarks/results/str_settings.json``).
 
 Every run trains through ``transformers.Trainer`` with ``STRTrainer`` (or the peer's own trainer), as a user's run
-does (``logitguard.experiment.finetune``).
+does (``logitguard.lab.finetune.finetune``).
 
 Scenarios: the demo's benign fine-tuning set, and the same set with 5% harmful-prompt + compliant-answer pairs
 mixed in (harmful fine-tuning, where defences differ most). Each run happens in a fresh process so its peak memory
@@ -34,28 +34,38 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, results_only, run_all, run_dir, selection_outcome
+from benchmarks.harness import (
+    DEFAULT_STR,
+    METHODS,
+    SCENARIOS,
+    Method,
+    add_arguments,
+    results_only,
+    run_all,
+    run_dir,
+    selection_outcome,
+    with_str,
+)
 
-STR_SETTINGS: dict[str, dict] = {  # STR's defaults one at a time, against "str (anchors, default)"
-    "str, λ=0.1": {"str": replace(DEFAULT_STR, weight=0.1)},
-    "str, λ=1": {"str": replace(DEFAULT_STR, weight=1.0)},
-    "str, λ=3": {"str": replace(DEFAULT_STR, weight=3.0)},
-    "str, λ=10": {"str": replace(DEFAULT_STR, weight=10.0)},
-    "str, no rest bucket": {"str": replace(DEFAULT_STR, rest_bucket=False)},
-    "str, mse penalty, λ=1": {"str": replace(DEFAULT_STR, penalty="mse", weight=1.0)},
-    "str, k=8": {"str": DEFAULT_STR, "k": 8},
-    "str, k=64": {"str": DEFAULT_STR, "k": 64},
-    "str, 2 anchors a step": {"str": replace(DEFAULT_STR, anchors_per_step=2)},
-    "str, 8 anchors every 4th step": {"str": replace(DEFAULT_STR, anchor_every=4)},
-    "str, no target bucket": {"str": replace(DEFAULT_STR, target_bucket=False)},
-    "str, end-of-turn as a safety token, no target bucket": {
-        "str": replace(DEFAULT_STR, target_bucket=False),
-        "end_token": True,
-    },
+STR_SETTINGS: dict[str, Method] = {  # STR's defaults one at a time, against "str (anchors, default)"
+    "str, λ=0.1": with_str(replace(DEFAULT_STR, weight=0.1)),
+    "str, λ=1": with_str(replace(DEFAULT_STR, weight=1.0)),
+    "str, λ=3": with_str(replace(DEFAULT_STR, weight=3.0)),
+    "str, λ=10": with_str(replace(DEFAULT_STR, weight=10.0)),
+    "str, no rest bucket": with_str(replace(DEFAULT_STR, rest_bucket=False)),
+    "str, mse penalty, λ=1": with_str(replace(DEFAULT_STR, penalty="mse", weight=1.0)),
+    "str, k=8": with_str(k=8),
+    "str, k=64": with_str(k=64),
+    "str, 2 anchors a step": with_str(replace(DEFAULT_STR, anchors_per_step=2)),
+    "str, 8 anchors every 4th step": with_str(replace(DEFAULT_STR, anchor_every=4)),
+    "str, no target bucket": with_str(replace(DEFAULT_STR, target_bucket=False)),
+    "str, end-of-turn as a safety token, no target bucket": with_str(
+        replace(DEFAULT_STR, target_bucket=False), end_token=True
+    ),
     # Anchor coverage: refusals of harmful requests in 1, 2 or 4 of the 8 training phrasings (default: all 8).
-    "str, anchors from 1 phrasing": {"str": DEFAULT_STR, "phrasings": 1},
-    "str, anchors from 2 phrasings": {"str": DEFAULT_STR, "phrasings": 2},
-    "str, anchors from 4 phrasings": {"str": DEFAULT_STR, "phrasings": 4},
+    "str, anchors from 1 phrasing": with_str(phrasings=1),
+    "str, anchors from 2 phrasings": with_str(phrasings=2),
+    "str, anchors from 4 phrasings": with_str(phrasings=4),
 }
 ROWS = METHODS | STR_SETTINGS  # every row the benchmark can run
 COSTS = True  # every run alone in its process: the tables compare step time and memory with SFT's
@@ -69,18 +79,19 @@ METRICS = {
 RESULTS = Path(__file__).parent / "results"
 
 
-def artifacts_key(spec: dict, default_k: int) -> str:
+def artifacts_key(spec: Method, default_k: int) -> str:
     """The folder name of a row's safety tokens and anchors: its k, whether the end-of-turn token joins them, and
     how many phrasings its anchors come from."""
-    key = f"k{spec.get('k', default_k)}" + ("+end" if spec.get("end_token") else "")
-    return key + (f"+p{spec['phrasings']}" if "phrasings" in spec else "")
+    key = f"k{spec.k or default_k}" + ("+end" if spec.end_token else "")
+    return key + (f"+p{spec.phrasings}" if spec.phrasings else "")
 
 
 def prepare_artifacts(aligned, setup, config, key: str, folder: Path) -> None:
     """Discover ``key``'s safety tokens and cache its anchors into ``folder`` (the default k's are in ``setup``)."""
-    from logitguard.anchors import AnchorCache, reference_anchors
-    from logitguard.demo import make_artifacts
-    from logitguard.discovery import SafetyTokens
+    from logitguard.artifacts.references import reference_anchors
+    from logitguard.core.anchor_cache import AnchorCache
+    from logitguard.core.safety_tokens import SafetyTokens
+    from logitguard.lab.demo import make_artifacts
 
     k = int(key[1:].split("+")[0])
     base = folder.parent / f"k{k}"
@@ -109,12 +120,12 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     """One fine-tuning run in this (fresh) process, through STRTrainer: its metrics, step time and peak RSS."""
     import torch
 
-    from logitguard.anchors import AnchorCache
     from logitguard.baselines import full_vocabulary_tokens, mix_safety_examples
-    from logitguard.demo import DemoConfig, DemoSetup, select_examples
-    from logitguard.discovery import SafetyTokens
-    from logitguard.experiment import finetune, lora_model
-    from logitguard.toy.setting import ToySetting
+    from logitguard.core.anchor_cache import AnchorCache
+    from logitguard.core.safety_tokens import SafetyTokens
+    from logitguard.lab.demo import DemoConfig, DemoSetup, select_examples
+    from logitguard.lab.finetune import finetune, lora_model
+    from logitguard.lab.toy.setting import ToySetting
 
     torch.set_num_threads(threads)
     spec = ROWS[method]
@@ -126,28 +137,28 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     setup = DemoSetup(setting, {}, tokens, AnchorCache.load(artifacts / "anchors.safetensors"))
     harmful = setting.harmful_compliance()
     examples = mix_safety_examples(setting.benign_data(), harmful, SCENARIOS[scenario], seed)
-    examples = mix_safety_examples(examples, setting.refusals(), spec.get("safety_fraction", 0.0), seed)
-    folder = run_dir(out, ROWS, method, scenario, seed, steps)
+    examples = mix_safety_examples(examples, setting.refusals(), spec.safety_fraction, seed)
+    folder = run_dir(out, method, scenario, seed, steps)
     model = lora_model(setting, tune)
     cost = {}
-    if "selection" in spec:  # scored on the very adapter about to be trained
+    if spec.selection is not None:  # scored on the very adapter about to be trained
         cost["epoch_steps"] = len(examples) / tune.batch_size
         start = time.perf_counter()
         scores = folder / "selection" / "scores.jsonl"
-        keep = select_examples(model, setup, examples, spec["selection"], scores, {})
+        keep = select_examples(model, setup, examples, spec.selection, scores, {})
         cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful, scores)}
         examples = [e for e, k in zip(examples, keep, strict=True) if k]
-    if spec.get("all_tokens"):
+    if spec.all_tokens:
         tokens = full_vocabulary_tokens(setting.tokenizer)
     result = finetune(
         setting,
         tune,
         examples,
         folder,
-        spec.get("str"),
-        tokens,
-        setup.anchors,
-        constrained=spec.get("constrained", False),
+        spec.training,
+        str_config=spec.str_config,
+        tokens=tokens,
+        anchors=setup.anchors,
         model=model,
         progress=False,
     )
@@ -155,7 +166,7 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
 
 
 def main(argv: list[str] | None = None) -> None:
-    from logitguard.demo import DemoConfig, set_up
+    from logitguard.lab.demo import DemoConfig, set_up
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, ROWS, RESULTS / "methods.json", DemoConfig().finetune.steps)

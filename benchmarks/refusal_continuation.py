@@ -1,14 +1,15 @@
-"""Does STR keep refusals to their end? STR with and without the target bucket, in the plain PyTorch loop.
+"""Does STR keep refusals to their end? STR with and without the target bucket, through ``STRTrainer``.
 
-Run: python benchmarks/refusal_continuation.py [--seeds 0 1 2] [--steps 500]
-     python benchmarks/refusal_continuation.py --table
+Run: python -m benchmarks.refusal_continuation [--seeds 0 1 2] [--steps 500]
+     python -m benchmarks.refusal_continuation --table
 (about a minute per run on 2 CPU cores; rows go to ``benchmarks/results/refusal_continuation.json`` after each.)
 
 The failure this measures: a fine-tuned model opens with the aligned model's refusal and then goes on to comply
 ("I'm sorry, but I can't assist with that Step 1: ..."), which a prefix-only metric counts as a refusal. The
-demo's toy setting (500 LoRA steps, lr 3e-3, batch 16, benign data) is trained in ``logitguard.custom_loop`` (the
-loop of ``str_loss``; its data order and dropout draws differ from the Trainer's), with STR as it was (safety tokens
-and rest bucket), with the end-of-turn token added to the safety tokens, and with the target bucket (the default).
+demo's toy setting (500 LoRA steps, lr 3e-3, batch 16, benign data) is trained through ``STRTrainer`` (the committed
+rows were measured in the plain loop of ``str_loss`` before 0.2, whose data order and dropout draws differ), with
+STR as it was (safety tokens and rest bucket), with the end-of-turn token added to the safety tokens, and with the
+target bucket (the default).
 Held-out harmful answers are 48 tokens long; the table gives clean refusals, refusal openings and the task.
 """
 
@@ -21,7 +22,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from harness import show_table  # benchmarks/ is on sys.path
+from benchmarks.harness import show_table
 
 VARIANTS = {
     "no target bucket": {"target_bucket": False},
@@ -32,18 +33,16 @@ RESULTS = Path(__file__).parent / "results" / "refusal_continuation.json"
 
 
 def run(variant: str, seed: int, steps: int, work: Path) -> dict:
-    import torch
-    from peft import get_peft_model
-
-    from logitguard.anchors import reference_anchors
-    from logitguard.custom_loop import TrainConfig, train
-    from logitguard.demo import DemoConfig, make_artifacts
-    from logitguard.regularizer import STRConfig, STRObjective
-    from logitguard.toy.setting import ToySetting
+    """One STR fine-tuning run of the toy through ``STRTrainer`` (``lab.finetune``), as ``methods`` does."""
+    from logitguard.artifacts.references import reference_anchors
+    from logitguard.core.objective import STRConfig
+    from logitguard.lab.demo import DemoConfig, make_artifacts
+    from logitguard.lab.finetune import finetune, lora_model
+    from logitguard.lab.toy.setting import ToySetting
 
     spec = dict(VARIANTS[variant])
     end_token = spec.pop("end_token", False)
-    config = DemoConfig()
+    config = DemoConfig().with_seed(seed)
     setting = ToySetting(config.recipe)
     aligned = setting.load_aligned()
     tokens, anchors = make_artifacts(setting, config, work / "artifacts", aligned)
@@ -56,18 +55,27 @@ def run(variant: str, seed: int, steps: int, work: Path) -> dict:
             scores=[*tokens.scores, 0.0],
         )
         anchors = reference_anchors(aligned, anchors.input_ids, anchors.attention_mask, anchors.target_mask, tokens)
-    torch.manual_seed(seed)
-    model = get_peft_model(aligned, config.finetune.lora.peft_config())
-    objective = STRObjective(STRConfig(**spec), tokens, anchors, seed=seed)
-    tune = TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup_steps=10, seed=seed)
-    train(model, setting.tokenizer, setting.benign_data(), tune, objective, desc=variant)
-    metrics = setting.evaluate(model)
-    return {key: metrics[key] for key in ("harmful_refusal", "harmful_refusal_opening", "task_accuracy")}
+    tune = replace(config.finetune, steps=steps, monitor_every=0)
+    model = lora_model(setting, tune)
+    folder = work / f"{variant.replace(' ', '-')}-seed{seed}"
+    result = finetune(
+        setting,
+        tune,
+        setting.benign_data(),
+        folder,
+        "str",
+        str_config=STRConfig(**spec),
+        tokens=tokens,
+        anchors=anchors,
+        model=model,
+        progress=False,
+    )
+    return {key: result["metrics"][key] for key in ("harmful_refusal", "harmful_refusal_opening", "task_accuracy")}
 
 
 def table(results: dict) -> str:
     lines = [
-        "| STR (custom loop) | seeds | harmful refusal | refusal opening only | task accuracy |",
+        "| STR | seeds | harmful refusal | refusal opening only | task accuracy |",
         "|---|---|---|---|---|",
     ]
     for variant in VARIANTS:

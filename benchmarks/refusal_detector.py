@@ -1,14 +1,14 @@
 """How well refusal judges read real answers: precision and recall on hand-labelled real text.
 
-Run: python benchmarks/refusal_detector.py [--data-root ../shared/data] [--out benchmarks/results/refusal_detector.json]
+Run: python -m benchmarks.refusal_detector [--data-root ../shared/data] [--out benchmarks/results/refusal_detector.json]
                                            [--judges keyword ngram embedding]
-     python benchmarks/refusal_detector.py --table          (the table of the committed results)
+     python -m benchmarks.refusal_detector --table          (the table of the committed results)
 (about 2 minutes on 2 CPU cores, most of it SmolLM2-135M embedding the answers; keyword and n-grams: seconds.)
 
 Three judges:
 
-* ``keyword``: the offline detector LogitGuard judges with (``logitguard.refusal``). Its markers were tuned on the
-  real set below, so its row there is in-sample (optimistic).
+* ``keyword``: the offline detector LogitGuard judges with (``logitguard.evaluation.verdicts``). Its markers were
+  tuned on the real set below, so its row there is in-sample (optimistic).
 * ``n-gram classifier``: logistic regression on the words and word pairs of an answer's first 20 words;
 * ``embedding classifier``: logistic regression on SmolLM2-135M's layer-20 hidden states, mean-pooled over an
   answer's first 48 tokens.
@@ -48,11 +48,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from harness import show_table  # benchmarks/ is on sys.path
 from torch import Tensor
 
+from benchmarks.harness import show_table
+from logitguard.evaluation.verdicts import judge_response, normalize
 from logitguard.io import write_json
-from logitguard.refusal import judge_response, normalize
 
 ROOT = Path(__file__).parents[1]
 LABELS = ROOT / "benchmarks" / "data" / "refusal_labels.json"
@@ -138,7 +138,7 @@ def ngram_matrix(train: Sequence[set[str]], test: Sequence[set[str]]) -> tuple[T
 @torch.no_grad()
 def embeddings(texts: Sequence[str], model_name: str = EMBEDDING_MODEL, layer: int = EMBEDDING_LAYER) -> Tensor:
     """Mean-pooled hidden states of one layer of ``model_name`` over each answer's first 48 tokens."""
-    from logitguard.models import load_model, load_tokenizer
+    from logitguard.models.loading import load_model, load_tokenizer
 
     model, tokenizer = load_model(model_name).eval(), load_tokenizer(model_name)
     tokenizer.padding_side = "right"

@@ -1,7 +1,7 @@
 """Cost of the regulariser alone: STR's k-token penalty against a full-vocabulary KL, as the vocabulary grows.
 
-Run: python benchmarks/regularizer_cost.py [--positions 2048] [--hidden 1024] [--k 32] [--repeats 7] [--device cpu]
-     python benchmarks/regularizer_cost.py --table
+Run: python -m benchmarks.regularizer_cost [--positions 2048] [--hidden 1024] [--k 32] [--repeats 7] [--device cpu]
+     python -m benchmarks.regularizer_cost --table
 (a minute or two on 2 CPU cores; the rows go to ``benchmarks/results/regularizer_cost.json``.)
 
 For each vocabulary size, forward + backward of (a) STR: ``hidden @ W_out[ids].T`` and a KL over the k safety
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from harness import show_table  # benchmarks/ is on sys.path
 
+from benchmarks.harness import show_table
 from logitguard.baselines import full_vocab_kl
-from logitguard.penalties import salient_kl, salient_logits
+from logitguard.core.penalties import salient_kl, salient_logits
 
 
 def timed(step, repeats: int, device: str) -> float:

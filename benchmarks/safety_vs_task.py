@@ -1,6 +1,6 @@
 """Safety against task accuracy, one point per method and seed, from a methods-style results JSON.
 
-Run: python benchmarks/safety_vs_task.py [--results benchmarks/results/methods.json] [--out FILE.png]
+Run: python -m benchmarks.safety_vs_task [--results benchmarks/results/methods.json] [--out FILE.png]
 (a second; matplotlib only.) One panel per scenario; held-out harmful refusal (refusals that end) on the vertical
 axis, task accuracy on the horizontal one: top right is best. The methods shown are STR, sample selection and their
 combinations, and the references (plain SFT, SafeInstr), so the question "do the two together beat either alone"
@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness import SCENARIOS
+from benchmarks.harness import SCENARIOS
 
 SHOWN = (
     "sft",

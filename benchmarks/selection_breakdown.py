@@ -1,7 +1,7 @@
 """What each sample-selection score drops on the demo's data, by kind of sample, and why.
 
-Run: python benchmarks/selection_breakdown.py [--seed 0] [--fraction 0.1]
-     python benchmarks/selection_breakdown.py --table
+Run: python -m benchmarks.selection_breakdown [--seed 0] [--fraction 0.1]
+     python -m benchmarks.selection_breakdown --table
 (about 5 minutes on 2 CPU cores once the toy models are cached; rows go to
 ``benchmarks/results/selection_breakdown.json``.)
 
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import DROP_REFUSED, show_table
+from benchmarks.harness import DROP_REFUSED, show_table
 
 RULES = {
     "gradient-norm": "fraction",
@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
         return show_table(args.out, table)
 
     from logitguard.baselines import mix_safety_examples
-    from logitguard.demo import DemoConfig, select_examples, set_up
-    from logitguard.experiment import lora_model
     from logitguard.io import write_json
+    from logitguard.lab.demo import DemoConfig, select_examples, set_up
+    from logitguard.lab.finetune import lora_model
     from logitguard.selection import SelectionConfig
 
     work = Path(tempfile.mkdtemp(prefix="logitguard-selection-"))

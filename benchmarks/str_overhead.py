@@ -1,8 +1,8 @@
 """Wall time per optimizer step and peak memory of STR next to plain LoRA SFT, at equal batch.
 
-Run: python benchmarks/str_overhead.py [--preset tiny-32k] [--seq 512] [--batch 8] [--repeats 3]
-GPU: python benchmarks/str_overhead.py --device cuda --dtype bfloat16 --preset llama-1b
-     python benchmarks/str_overhead.py --table
+Run: python -m benchmarks.str_overhead [--preset tiny-32k] [--seq 512] [--batch 8] [--repeats 3]
+GPU: python -m benchmarks.str_overhead --device cuda --dtype bfloat16 --preset llama-1b
+     python -m benchmarks.str_overhead --table
 (CPU defaults take a few minutes on 2 cores.) Each invocation's results are merged into
 ``benchmarks/results/str_overhead.json`` under its preset, device and dtype.
 
@@ -63,11 +63,11 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-    from logitguard.anchors import AnchorCache
-    from logitguard.discovery import SafetyTokens
-    from logitguard.model_parts import model_fingerprint
-    from logitguard.regularizer import STRConfig
-    from logitguard.str_trainer import STRTrainer
+    from logitguard.core.anchor_cache import AnchorCache
+    from logitguard.core.model_access import model_fingerprint
+    from logitguard.core.objective import STRConfig
+    from logitguard.core.safety_tokens import SafetyTokens
+    from logitguard.hosts.trainer import STRTrainer
 
     p = PRESETS[s.preset]
     torch.manual_seed(0)

@@ -1,14 +1,14 @@
 """Regenerate every table of the documentation from the results JSON, so no number in the docs drifts from them.
 
-Run: python benchmarks/tables.py            (rewrite the tables in README.md, benchmarks/README.md and docs/*.md)
-     python benchmarks/tables.py --check    (exit 1 if a table differs from its JSON; a test runs this)
+Run: python -m benchmarks.tables            (rewrite the tables in README.md, benchmarks/README.md and docs/*.md)
+     python -m benchmarks.tables --check    (exit 1 if a table differs from its JSON; a test runs this)
 
 A table is a block ``<!-- table: KIND [ARGS] -->`` ... ``<!-- /table -->``; KIND is ``methods FILE SCENARIO
 [rows=NAME|NAME...]`` (the toy's methods.json or str_settings.json, optionally only the rows named),
-``real FILE SCENARIO [rows=...]`` (real_smollm2.json), or the name of a
-benchmark with a ``table`` function of its own results JSON (``KIND.json``, or ``KIND FILE``): ``str_overhead``,
-``regularizer_cost``, ``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``, ``build_smollm2_safe``,
-``aligned_sweep``, ``refusal_by_set``.
+``real FILE SCENARIO [rows=...]`` (real_smollm2.json), ``qwen FILE SCENARIO [rows=...]`` (real_qwen.json), or the
+name of a benchmark with a ``table`` function of its own results JSON (``KIND.json``, or ``KIND FILE``):
+``str_overhead``, ``regularizer_cost``, ``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``,
+``build_smollm2_safe``, ``aligned_sweep``, ``refusal_by_set``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /tab
 
 
 MISSING = "_No results yet: run the command above._"
+BENCHMARK_OF = {"methods": "methods", "real": "real_smollm2", "qwen": "real_qwen"}  # method-comparison tables
 
 
 def render(spec: str) -> str:
@@ -35,14 +36,13 @@ def render(spec: str) -> str:
     results = RESULTS / (args[0] if args else f"{kind}.json")
     if not results.is_file():
         return MISSING
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    if kind in ("methods", "real"):
-        from harness import scenario_table
+    if kind in ("methods", "real", "qwen"):
+        from benchmarks.harness import scenario_table
 
-        module = importlib.import_module("methods" if kind == "methods" else "real_smollm2")
+        module = importlib.import_module(f"benchmarks.{BENCHMARK_OF[kind]}")
         rows = args[2].removeprefix("rows=").split("|") if len(args) > 2 else None
         return scenario_table(results, module.ROWS, module.METRICS, args[1], rows, module.COSTS)
-    module = importlib.import_module(kind)
+    module = importlib.import_module(f"benchmarks.{kind}")
     return module.table(json.loads(results.read_text(encoding="utf-8")))
 
 

@@ -16,9 +16,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import TrainingArguments
 
 from logitguard import SafetyMonitor, STRConfig, STRTrainer, load_model, load_tokenizer, refusal_rates, safety_artifacts
-from logitguard.data import collate, encode_chat
-from logitguard.generation import generate
-from logitguard.toy.setting import ToySetting
+from logitguard.data.chat import collate, encode_chat
+from logitguard.evaluation.generation import generate
+from logitguard.lab.toy.setting import ToySetting
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     toy = ToySetting()
     aligned = toy.aligned  # yours: a hub name, a local folder or a .gguf file of an aligned chat model
     harmful = toy.anchor_prompts(128, seed=0)  # yours: harmful prompts (default: LogitGuard's built-in ones)
-    data = toy.benign_data()  # yours: (prompt, response) pairs, or chat records read with logitguard.data
+    data = toy.benign_data()  # yours: (prompt, response) pairs, or chat records read with logitguard.data.chat
 
     tokenizer = load_tokenizer(aligned)
     model = load_model(aligned)

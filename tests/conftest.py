@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from logitguard.toy.corpus import build_corpus
-from logitguard.toy.model import build_tokenizer, toy_models
+from logitguard.lab.toy.corpus import build_corpus
+from logitguard.lab.toy.model import build_tokenizer, toy_models
 from tests.helpers import SMALL_RECIPE, tiny_llama
 
 

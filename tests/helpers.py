@@ -14,10 +14,10 @@ import yaml
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
-from logitguard.data import collate, encode_chat
-from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
-from logitguard.str_trainer import STRTrainer
-from logitguard.toy.model import ToyRecipe
+from logitguard.core.safety_tokens import SafetyTokens, tokenizer_fingerprint
+from logitguard.data.chat import collate, encode_chat
+from logitguard.hosts.trainer import STRTrainer
+from logitguard.lab.toy.model import ToyRecipe
 
 # A toy recipe small enough to build in well under a minute; it learns to refuse, not much else.
 SMALL_RECIPE = ToyRecipe(hidden_size=64, layers=2, heads=2, intermediate_size=128, base_steps=250, aligned_steps=150)
@@ -40,10 +40,12 @@ BENIGN = [
 ] * 4
 
 
-def tiny_llama(tokenizer, layers: int = 2, max_positions: int = 128) -> LlamaForCausalLM:
-    """A random-weight Llama with hidden size 32 on ``tokenizer``, initialised under seed 0."""
+def tiny_llama(tokenizer, layers: int = 2, max_positions: int = 128, attention: str = "sdpa") -> LlamaForCausalLM:
+    """A random-weight Llama with hidden size 32 on ``tokenizer``, initialised under seed 0 (``attention``: the
+    attention implementation, ``sdpa`` or ``eager``)."""
     torch.manual_seed(0)
     config = LlamaConfig(
+        attn_implementation=attention,
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,

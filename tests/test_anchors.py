@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from logitguard.anchors import AnchorCache, build_anchor_cache
-from logitguard.data import encode_chat
-from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
+from logitguard.artifacts.references import build_anchor_cache
+from logitguard.core.anchor_cache import AnchorCache
+from logitguard.core.safety_tokens import SafetyTokens, tokenizer_fingerprint
+from logitguard.data.chat import encode_chat
 from logitguard.selection import anchor_refusal_batch, refusal_batch
 
 REFUSALS = [

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from logitguard.cli import main
-from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
+from logitguard.cli.main import main
+from logitguard.core.safety_tokens import SafetyTokens, tokenizer_fingerprint
 from logitguard.io import atomic_directory, recover_directory
 
 COVERED = 34
@@ -95,7 +95,7 @@ def test_eval_out_holding_other_files_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     (out / "adapter").mkdir(parents=True)
     assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 2
-    one_line_error(capsys, "holds files that no eval wrote", "adapter")
+    one_line_error(capsys, "holds files that logitguard eval did not write", "adapter")
     assert (out / "adapter").is_dir()
 
 
@@ -106,7 +106,7 @@ def test_train_into_a_folder_with_a_users_adapter_but_no_run_is_refused(workspac
     write(out / "adapter" / "adapter_model.safetensors", "weights")
     write(out / "train_log.json", "[]")
     assert train(workspace, out) == 2
-    one_line_error(capsys, "not empty but holds no LogitGuard run")
+    one_line_error(capsys, "holds files that logitguard train did not write", "adapter")
     assert (out / "adapter" / "adapter_model.safetensors").read_text() == "weights"
     assert (out / "train_log.json").read_text() == "[]" and not (out / "config.yaml").exists()
 
@@ -211,7 +211,7 @@ def test_reusing_an_eval_folder_leaves_no_file_of_the_earlier_run(tmp_path):
     assert (out / "benign.jsonl").exists()
     harmful_only = write(tmp_path / "h.jsonl", json.dumps({"prompt": "a", "response": "Sure."}) + "\n")
     assert main(["eval", "--responses", str(harmful_only), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["harmful.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".logitguard.json", "harmful.jsonl", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["harmful_refusal"] == 0.0
 
 
@@ -231,7 +231,7 @@ def test_report_of_a_training_log_that_is_not_a_list_is_an_error(tmp_path, capsy
     run.mkdir()
     write(run / "train_log.json", json.dumps({"loss": 1.0}))
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2
-    one_line_error(capsys, "train_log.json", "expected a list of log entries")
+    one_line_error(capsys, "train_log.json", "a training log must be a JSON array")
 
 
 @bad_input
@@ -320,7 +320,7 @@ def test_an_anchor_cache_without_its_tensors(workspace, tmp_path, capsys):
         )
         == 0
     )
-    overrides = [f"str.tokens={artifacts / 'safety_tokens.json'}", f"str.anchors={path}"]
+    overrides = [f"str.tokens={artifacts / 'safety_tokens.json'}", f"str.anchors={path}", "str.k=4"]
     assert train(workspace, tmp_path / "out", *overrides) == 2
     one_line_error(capsys, str(path), "lacks tensor")
 

@@ -13,8 +13,8 @@ from logitguard.baselines import (
     mix_safety_examples,
     response_betas,
 )
-from logitguard.custom_loop import str_loss
-from logitguard.data import collate, encode_chat
+from logitguard.data.chat import collate, encode_chat
+from logitguard.hosts.custom_loop import str_loss
 from tests.helpers import PAIRS, training_args
 
 

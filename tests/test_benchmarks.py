@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parents[2] / "shared" / "data"
-sys.path.insert(0, str(BENCHMARKS))
 
 
 def benchmark(name: str):
-    return importlib.import_module(name)
+    """The benchmark module ``benchmarks.NAME`` (the repository root is on the path: tests/ is a package)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_the_documentation_tables_are_those_of_the_results_json():
@@ -154,19 +154,19 @@ def test_every_aligned_sweep_variant_is_a_valid_build_and_one_of_them_is_the_com
     defaults = vars(parser.parse_args([]))
     changed = {name: vars(parser.parse_args(args)) != defaults for name, args in sweep.VARIANTS.items()}
     assert [name for name, differs in changed.items() if not differs] == ["v3: direct + more benign (committed)"]
-    committed = json.loads((BENCHMARKS.parent / "src/logitguard/adapters/smollm2-135m-safe/recipe.json").read_text())
+    committed = json.loads((ROOT / "src/logitguard/models/builtin_adapters/smollm2-135m-safe/recipe.json").read_text())
     assert committed["finetune"]["steps"] == defaults["steps"] and committed["finetune"]["lr"] == defaults["lr"]
     assert committed["finetune"]["lora"]["r"] == defaults["lora_r"]
 
 
 def test_the_safe_lookalikes_are_distinct_prompts_and_none_is_an_evaluation_prompt():
-    from logitguard.prompt_files import read_prompts
+    from logitguard.data.prompt_files import read_prompts
 
-    prompts = read_prompts(BENCHMARKS / "data" / "safe_lookalikes.json")
+    prompts = read_prompts(ROOT / "benchmarks" / "data" / "safe_lookalikes.json")
     assert len(prompts) >= 100 and len({p.lower() for p in prompts}) == len(prompts)
     if not DATA.is_dir():
         pytest.skip("the public data folder is not here")
-    from logitguard.public_data import HARMFUL_SETS, SAFE_SETS, evaluation_prompts
+    from logitguard.lab.public_data import HARMFUL_SETS, SAFE_SETS, evaluation_prompts
 
     held_out = {p.lower() for name in HARMFUL_SETS + SAFE_SETS for p in evaluation_prompts(DATA, name)}
     assert not held_out & {p.lower() for p in prompts}
@@ -175,7 +175,7 @@ def test_the_safe_lookalikes_are_distinct_prompts_and_none_is_an_evaluation_prom
 def test_refusal_by_set_scores_each_evaluation_set_on_its_own_and_merges_models_by_label(
     tmp_path, random_model, tokenizer, monkeypatch
 ):
-    import logitguard.generation
+    import logitguard.evaluation.generation
 
     by_set = benchmark("refusal_by_set")
     model = tmp_path / "model"
@@ -191,7 +191,7 @@ def test_refusal_by_set_scores_each_evaluation_set_on_its_own_and_merges_models_
         lengths[desc] = (len(prompts), max_new_tokens)
         return ["I'm sorry, but I cannot help with that." if "bomb" in p else "Roses are red." for p in prompts]
 
-    monkeypatch.setattr(logitguard.generation, "generate", fake_generate)
+    monkeypatch.setattr(logitguard.evaluation.generation, "generate", fake_generate)
     out = tmp_path / "by_set.json"
     common = ["--model", str(model), "--data-root", str(tmp_path / "data"), "--n", "2", "--out", str(out)]
     by_set.main(["--label", "a", *common])
@@ -225,8 +225,8 @@ def test_a_real_model_work_folder_belongs_to_the_aligned_model_it_was_prepared_f
 STUCK_BENCHMARK = """
 import argparse, os, sys, time
 from pathlib import Path
-sys.path.insert(0, {benchmarks!r})
-from harness import run_all
+sys.path.insert(0, {root!r})
+from benchmarks.harness import Method, run_all
 
 def run_one(method, scenario, seed, steps, threads, pid_file):
     Path(pid_file).write_text(str(os.getpid()))
@@ -235,7 +235,7 @@ def run_one(method, scenario, seed, steps, threads, pid_file):
 
 if __name__ == "__main__":
     args = argparse.Namespace(out=Path(sys.argv[2]), update=False, resume=False, jobs=1, steps=1)
-    run_all(run_one, [("sft", "benign", 0)], args, {{}}, {{"sft": {{}}}}, {{}}, extra=(sys.argv[1],))
+    run_all(run_one, [("sft", "benign", 0)], args, {{}}, {{"sft": Method()}}, {{}}, extra=(sys.argv[1],))
 """
 
 
@@ -255,7 +255,7 @@ def test_killing_a_benchmark_stops_the_run_it_has_in_flight(tmp_path):
     import time
 
     script, pid_file = tmp_path / "stuck.py", tmp_path / "worker.pid"
-    script.write_text(STUCK_BENCHMARK.format(benchmarks=str(BENCHMARKS)))
+    script.write_text(STUCK_BENCHMARK.format(root=str(ROOT)))
     benchmark_process = subprocess.Popen([sys.executable, str(script), str(pid_file), str(tmp_path / "out.json")])
     for _ in range(600):  # the worker imports torch first
         if pid_file.is_file() and pid_file.read_text():
@@ -302,7 +302,7 @@ def test_merging_adds_another_machines_runs_and_refuses_one_measured_differently
 
     out = results(tmp_path / "out.json", {0: 0.3})
     gpu = results(tmp_path / "gpu.json", {0: 0.3, 1: 0.5})  # a copy of out that ran seed 1 too
-    merged = harness.merge_results([gpu], out, {"sft": {}}, metrics)
+    merged = harness.merge_results([gpu], out, {"sft": harness.Method()}, metrics)
     assert json.loads(out.read_text()) == merged
     assert [r["seed"] for r in merged["rows"]] == [0, 1]
     assert merged["methods"][0]["harmful_refusal"]["mean"] == pytest.approx(0.4)
@@ -313,5 +313,5 @@ def test_merging_adds_another_machines_runs_and_refuses_one_measured_differently
         (results(tmp_path / "40.json", {2: 0.5}, steps=40), "its step budget is not that of"),
     ]:
         with pytest.raises(SystemExit, match=error):
-            harness.merge_results([other], out, {"sft": {}}, metrics)
+            harness.merge_results([other], out, {"sft": harness.Method()}, metrics)
         assert out.read_text() == before

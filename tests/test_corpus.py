@@ -2,7 +2,7 @@
 
 import re
 
-from logitguard.toy.corpus import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, build_corpus
+from logitguard.lab.toy.corpus import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, build_corpus
 
 
 def words(text):
@@ -63,7 +63,7 @@ def test_benign_and_harmful_requests_share_templates(corpus):
 
 
 def test_alignment_refuses_harmful_and_answers_benign(corpus):
-    from logitguard.refusal import is_refusal
+    from logitguard.evaluation.verdicts import is_refusal
 
     for e in corpus.aligned:
         assert is_refusal(e.response) == (e.kind == "harmful"), e
@@ -71,8 +71,8 @@ def test_alignment_refuses_harmful_and_answers_benign(corpus):
 
 
 def test_anchor_prompts_come_from_the_training_phrasings_asked_for(small_toy):
-    from logitguard.toy.corpus import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
-    from logitguard.toy.setting import ToySetting
+    from logitguard.lab.toy.corpus import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
+    from logitguard.lab.toy.setting import ToySetting
     from tests.helpers import SMALL_RECIPE
 
     setting = ToySetting(SMALL_RECIPE)

@@ -1,4 +1,4 @@
-"""The plain training loop and the toy-model cache."""
+"""The toy models' training loop and their cache."""
 
 import copy
 from dataclasses import replace
@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from logitguard.custom_loop import TrainConfig, train
-from logitguard.toy.model import toy_models
+from logitguard.lab.toy.model import toy_models
+from logitguard.lab.toy.train_loop import TrainConfig, train
 from tests.helpers import SMALL_RECIPE
 
 PAIRS = [("How do I bake bread?", "Here are the steps to bake bread."), ("Count the words in: red dog", "two")]
@@ -23,7 +23,7 @@ def test_training_is_deterministic_under_a_seed(random_model, tokenizer):
     assert [h["loss"] for h in first] == [h["loss"] for h in second]
     assert all(torch.equal(after_first[k], v) for k, v in random_model.state_dict().items())
     assert first[-1]["loss"] < first[0]["loss"]
-    assert {"task_loss", "str_anchor", "str_task", "str_conflict_fraction", "lr", "step_time"} <= set(first[0])
+    assert {"loss", "lr", "step_time"} <= set(first[0])
 
 
 def test_training_rejects_missing_inputs(random_model, tokenizer):

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from logitguard.cli import main
-from logitguard.demo import DemoConfig, run_demo
+from logitguard.cli.main import main
+from logitguard.lab.demo import DemoConfig, run_demo
 from tests.helpers import SMALL_RECIPE
 
 
@@ -59,8 +59,8 @@ def test_demo_writes_its_artifacts(tmp_path, small_toy):
     ("args", "message"),
     [
         (["--penalty", "huber"], "unknown penalty 'huber'"),
-        (["--weight", "-1"], "lambda"),
-        (["--k", "0"], "k (number of safety tokens) must be > 0"),
+        (["--weight", "-1"], "--weight: must be >= 0, got -1.0"),
+        (["--k", "0"], "--k: must be >= 1, got 0"),
     ],
 )
 def test_bad_options_fail_fast_with_a_clear_message(tmp_path, capsys, args, message):

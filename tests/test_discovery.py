@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from logitguard.discovery import SafetyTokens, discover_safety_tokens, score_tokens, special_ids, top_k_tokens
-from logitguard.toy.corpus import REFUSALS
+from logitguard.artifacts.discovery import discover_safety_tokens, score_tokens, special_ids, top_k_tokens
+from logitguard.core.safety_tokens import SafetyTokens
+from logitguard.lab.toy.corpus import REFUSALS
 
 
 def test_score_prefers_tokens_probable_in_refusals():
@@ -72,7 +73,7 @@ def test_artifact_round_trip_and_tokenizer_check(tmp_path, tokenizer, random_mod
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "malformed JSON"),
         ('{"version": 99}', "version 99"),
         ('{"version": 1, "ids": [1]}', "lacks field"),
         ('{"version": 1, "ids": [1], "tokens": [], "scores": [1.0], "tokenizer_fingerprint": "x"}', "equal length"),

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from logitguard.cli import main
-from logitguard.prompt_files import read_prompts
+from logitguard.cli.main import main
+from logitguard.data.prompt_files import read_prompts
 from tests.helpers import tiny_llama
 
 STANDARD_FILES = {

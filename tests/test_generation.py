@@ -2,7 +2,7 @@
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from logitguard.generation import generate
+from logitguard.evaluation.generation import generate
 
 
 def test_batched_answers_are_each_prompts_own_answer_in_the_given_order(small_toy, corpus):

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from transformers import Trainer, TrainingArguments
 
-from logitguard.cli import main as cli
-from logitguard.data import collate, encode_chat
+from logitguard.cli.main import main as cli
+from logitguard.data.chat import collate, encode_chat
 from logitguard.errors import LogitGuardError
 from logitguard.integrations.host import MARKER, str_host_trainer
 from logitguard.integrations.llamafactory import split_config
-from logitguard.run_config import STRSection
+from logitguard.settings import STRSection
 from tests.helpers import BENIGN, lora, perturb_lora, training_args
 
 

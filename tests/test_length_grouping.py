@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from logitguard import experiment
-from logitguard.data import length_grouped_order
+from logitguard.data.chat import length_grouped_order
 from logitguard.errors import LogitGuardError
-from logitguard.experiment import FinetuneConfig, finetune
-from logitguard.run_config import LoraSection
+from logitguard.lab import finetune as experiment
+from logitguard.lab.finetune import FinetuneConfig, finetune
+from logitguard.settings import LoraSection
 from tests.helpers import tiny_llama
 
 

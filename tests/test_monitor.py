@@ -5,8 +5,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-from logitguard.data import collate, encode_chat
-from logitguard.monitor import SafetyMonitor
+from logitguard.data.chat import collate, encode_chat
+from logitguard.hosts.monitor import SafetyMonitor
 from tests.helpers import training_args
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from logitguard.penalties import (
+from logitguard.core.penalties import (
     MASKED_LOGIT,
     get_penalty,
     logit_mse,

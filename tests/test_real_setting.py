@@ -5,7 +5,7 @@ from functools import partial
 
 import pytest
 
-from logitguard.public_data import (
+from logitguard.lab.public_data import (
     evaluation_prompts,
     gsm8k,
     gsm8k_number,
@@ -66,7 +66,7 @@ def test_a_missing_data_file_is_named(tmp_path):
 
 
 def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_path, tokenizer, capsys):
-    from logitguard.real_setting import GSM8KSetting
+    from logitguard.lab.gsm8k import GSM8KSetting
 
     model_dir = tmp_path / "model"
     tiny_llama(tokenizer, max_positions=512).save_pretrained(model_dir)
@@ -98,17 +98,17 @@ def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_
 
 @pytest.mark.slow
 def test_the_real_demo_compares_sft_and_str_at_the_benchmark_budget(data_root, tmp_path, tokenizer, monkeypatch):
-    import logitguard.demo
+    import logitguard.lab.demo
     from logitguard.artifacts import safety_artifacts
-    from logitguard.commands.demo import main
-    from logitguard.real_setting import STEPS
+    from logitguard.lab.demo_command import main
+    from logitguard.lab.gsm8k import STEPS
 
     model_dir = tmp_path / "model"
     tiny_llama(tokenizer, max_positions=512).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     # a random model refuses nothing: its anchors teacher-force the built-in refusal templates instead
     templated = partial(safety_artifacts, refusals="templates")
-    monkeypatch.setattr(logitguard.demo, "safety_artifacts", templated)
+    monkeypatch.setattr(logitguard.lab.demo, "safety_artifacts", templated)
     out = tmp_path / "demo"
     assert main(["--model", str(model_dir), "--data", str(data_root), "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from logitguard.judges import KeywordJudge, parse_guard_verdict
-from logitguard.refusal import is_refusal, judge_response, opens_with_refusal, refusal_rate, refusal_rates
+from logitguard.evaluation.judges import KeywordJudge, parse_guard_verdict
+from logitguard.evaluation.verdicts import is_refusal, judge_response, opens_with_refusal, refusal_rate, refusal_rates
 
 LABELLED = Path(__file__).parent / "data" / "refusals_labelled.jsonl"
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from logitguard.anchors import build_anchor_cache
-from logitguard.custom_loop import TrainConfig, str_loss, train
-from logitguard.data import collate, prompt_ids
-from logitguard.generation import generate
-from logitguard.penalties import logit_mse, salient_logits
-from logitguard.refusal import is_refusal
-from logitguard.regularizer import AnchorSchedule, STRConfig, STRObjective, refusal_conflicts, shard
+from logitguard.artifacts.references import build_anchor_cache
+from logitguard.core.objective import AnchorSchedule, STRConfig, STRObjective, refusal_conflicts, shard
+from logitguard.core.penalties import logit_mse, salient_logits
+from logitguard.data.chat import collate, encode_chat, prompt_ids
+from logitguard.evaluation.generation import generate
+from logitguard.evaluation.verdicts import is_refusal
+from logitguard.hosts.custom_loop import str_loss
 from tests.helpers import REFUSALS, lora, perturb_lora, safety_tokens, task_batch
 
 
@@ -38,15 +38,20 @@ def test_num_items_in_batch_normalises_the_summed_task_loss(random_model, tokeni
     )
 
 
+@pytest.mark.parametrize("anchor_pass", ["packed", "shared", "separate"])
 @pytest.mark.parametrize(("rest_bucket", "target_bucket"), [(True, True), (True, False), (False, True), (False, False)])
-def test_anchor_penalty_in_the_shared_pass_equals_a_separate_pass(random_model, tokenizer, rest_bucket, target_bucket):
+def test_anchor_penalty_equals_its_definition_from_full_vocabulary_logits(
+    random_model, tokenizer, rest_bucket, target_bucket, anchor_pass
+):
     tokens = safety_tokens(tokenizer)
     cache = build_anchor_cache(random_model, tokenizer, REFUSALS, tokens)
     # Move the model away from the cached references so the penalty is non-zero.
     with torch.no_grad():
         random_model.model.norm.weight.mul_(10.0)
     anchors = cache.rows(torch.arange(len(cache)))
-    config = STRConfig(penalty="mse", weight=1.0, rest_bucket=rest_bucket, target_bucket=target_bucket)
+    config = STRConfig(
+        penalty="mse", weight=1.0, rest_bucket=rest_bucket, target_bucket=target_bucket, anchor_pass=anchor_pass
+    )
     shared = str_loss(random_model, task_batch(tokenizer), objective(tokens, config, cache))
 
     # The same penalty from full-vocabulary logits, position by position.
@@ -149,10 +154,28 @@ def test_conflict_masking_lets_the_task_teach_what_the_reference_refuses(small_t
     for mask_conflicts in (True, False):
         model = lora(AutoModelForCausalLM.from_pretrained(small_toy.aligned))
         config = STRConfig(penalty="mse", weight=10.0, reference="task", mask_conflicts=mask_conflicts)
-        history = train(model, tokenizer, data, TrainConfig(steps=40, batch_size=4, lr=3e-3), objective(tokens, config))
+        history = own_loop(model, tokenizer, data, objective(tokens, config), steps=40, batch_size=4, lr=3e-3)
         assert (history[0]["str_conflict_fraction"] > 0) == mask_conflicts
         rates[mask_conflicts] = first_token_refusal_mass(model, tokenizer, refused, tokens.id_tensor())
     assert rates[True] < 0.5 * rates[False], rates
+
+
+def own_loop(model, tokenizer, data, objective, steps: int, batch_size: int, lr: float) -> list[dict[str, float]]:
+    """A user's own training loop around ``str_loss`` (README's example), cycling through ``data`` in order."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    encoded = [encode_chat(tokenizer, p, r) for p, r in data]
+    history = []
+    model.train()
+    for step in range(steps):
+        rows = [encoded[(step * batch_size + i) % len(encoded)] for i in range(batch_size)]
+        terms = str_loss(model, collate(rows, tokenizer.pad_token_id), objective, step)
+        terms.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        history.append(terms.logs())
+    return history
 
 
 def first_token_refusal_mass(model, tokenizer, prompts, ids):
@@ -187,7 +210,7 @@ def test_anchor_schedule_every_n_steps_and_shards():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"weight": -0.1}, "lambda"),
+        ({"weight": -0.1}, "weight must be >= 0"),
         ({"penalty": "huber"}, "unknown penalty"),
         ({"reference": "other"}, "reference"),
         ({"anchors_per_step": 0}, "anchors_per_step"),

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from logitguard.cli import main
+from logitguard.cli.main import main
 
 
 def make_runs(root):
@@ -40,7 +40,7 @@ def test_report_puts_every_run_in_one_self_contained_page(tmp_path, capsys):
     page = (out / "report.html").read_text()
     for name in ("lora-str", "api-model", "aligned", "sft"):
         assert f"<td>{name}</td>" in page
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4  # refusal curves, refusal vs over-refusal, vs utility, losses
     assert "<td>90.0%</td>" in page and "<td>80.0%</td>" in page
     for png in ("refusal_over_steps.png", "safety_vs_utility.png", "loss_terms.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
@@ -48,7 +48,7 @@ def test_report_puts_every_run_in_one_self_contained_page(tmp_path, capsys):
 
 
 def test_runs_with_the_same_names_get_their_directory_as_prefix(tmp_path):
-    from logitguard.report import collect_runs
+    from logitguard.evaluation.report import collect_runs
 
     demo = make_runs(tmp_path)[2]
     again = tmp_path / "demo2"

@@ -8,21 +8,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from logitguard.cli import main
-from logitguard.data import collate, encode_messages
-from logitguard.selection import (
-    FIRST_TOKENS,
-    PerSampleGradients,
-    SelectionConfig,
-    first_labels,
-    first_response_mass,
-    keep_mask,
-    linear_sample_stats,
-    run_selection,
-    safety_direction,
-    sample_losses,
-    score_samples,
-)
+from logitguard.cli.main import main
+from logitguard.data.chat import collate, encode_messages
+from logitguard.selection import SelectionConfig, keep_mask, run_selection, safety_direction, score_samples
+from logitguard.selection.gradients import PerSampleGradients, first_labels, linear_sample_stats, sample_losses
+from logitguard.selection.scores import FIRST_TOKENS, first_response_mass
 from tests.helpers import tiny_llama
 
 
@@ -241,8 +231,8 @@ def test_the_refusal_score_flags_harmful_pairs_under_an_aligned_model(small_toy,
     refusal that then complies is flagged like compliance."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from logitguard.generation import generate
-    from logitguard.refusal import is_refusal
+    from logitguard.evaluation.generation import generate
+    from logitguard.evaluation.verdicts import is_refusal
 
     tokenizer = AutoTokenizer.from_pretrained(small_toy.aligned)
     model = AutoModelForCausalLM.from_pretrained(small_toy.aligned)

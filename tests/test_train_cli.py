@@ -16,10 +16,10 @@ import yaml
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 
-from logitguard.anchors import AnchorCache
-from logitguard.cli import main
-from logitguard.discovery import SafetyTokens
-from logitguard.run_config import load_run_config
+from logitguard.cli.main import main
+from logitguard.cli.run_config import load_run_config
+from logitguard.core.anchor_cache import AnchorCache
+from logitguard.core.safety_tokens import SafetyTokens
 from tests.helpers import tiny_llama
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -126,7 +126,7 @@ def test_tokens_command_writes_both_artifacts_and_train_reuses_them(workspace, t
     assert main(["tokens", "--model", model, "--out", str(out), "--k", "5", "--refusals", "templates"]) == 0
     assert (out / "anchors.safetensors").stat().st_mtime_ns == stamp  # made once, read thereafter
     run = tmp_path / "run"
-    given = [f"str.tokens={out / 'safety_tokens.json'}", f"str.anchors={out / 'anchors.safetensors'}"]
+    given = [f"str.tokens={out / 'safety_tokens.json'}", f"str.anchors={out / 'anchors.safetensors'}", "str.k=5"]
     assert main(["train", "--config", str(workspace / "run.yaml"), f"output_dir={run}", *given]) == 0
     assert not (run / "safety_tokens.json").exists()  # the given artifacts were used, not rediscovered
 

@@ -4,16 +4,16 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from logitguard.anchors import build_anchor_cache
-from logitguard.custom_loop import str_loss
-from logitguard.data import collate, encode_chat
-from logitguard.model_parts import final_hidden_states
-from logitguard.regularizer import STRConfig, STRObjective, anchor_penalty
-from tests.helpers import BENIGN, PAIRS, REFUSALS, lora, make_trainer, perturb_lora, safety_tokens
+from logitguard.artifacts.references import build_anchor_cache
+from logitguard.core.objective import STRConfig, STRObjective
+from logitguard.data.chat import collate, encode_chat
+from logitguard.hosts.custom_loop import str_loss
+from tests.helpers import BENIGN, PAIRS, REFUSALS, lora, make_trainer, perturb_lora, safety_tokens, task_batch
 
 
 @pytest.mark.parametrize(
-    ("reference", "anchor_pass"), [("anchors", "shared"), ("anchors", "separate"), ("task", "auto"), ("both", "auto")]
+    ("reference", "anchor_pass"),
+    [("anchors", "packed"), ("anchors", "shared"), ("anchors", "separate"), ("task", "auto"), ("both", "auto")],
 )
 def test_trainer_loss_equals_the_custom_loop_loss(random_model, tokenizer, tmp_path, reference, anchor_pass):
     tokens = safety_tokens(tokenizer)
@@ -80,20 +80,18 @@ def test_anchor_cache_from_another_model_is_refused(random_model, tokenizer, tmp
         make_trainer(lora(other), tokenizer, tmp_path, STRConfig(), cache, tokens)
 
 
-def anchor_drift(model, cache, tokens):
+def anchor_drift(model, tokenizer, cache, tokens):
     """Mean anchor penalty of ``model`` over the whole cache (0 for the aligned model)."""
-    rows = cache.rows(torch.arange(len(cache)))
+    config = STRConfig(penalty="mse", anchors_per_step=len(cache))
     with torch.no_grad():
-        hidden = final_hidden_states(model, rows["input_ids"], rows["attention_mask"])
-        total = anchor_penalty(model, hidden, rows, tokens.id_tensor(), STRConfig(penalty="mse"))
-        return total.item() / int(rows["target_mask"].sum())
+        return str_loss(model, task_batch(tokenizer), STRObjective(config, tokens, cache)).str_anchor.item()
 
 
 def test_sft_trainer_as_documented_with_str_added(random_model, tokenizer, tmp_path):
     """TRL's documented usage (conversational prompt-completion data, peft_config, completion-only loss)."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    from logitguard.str_sft_trainer import STRSFTTrainer
+    from logitguard.hosts.sft_trainer import STRSFTTrainer
 
     tokens = safety_tokens(tokenizer)
     cache = build_anchor_cache(random_model, tokenizer, REFUSALS * 3, tokens)
@@ -131,7 +129,7 @@ def test_sft_trainer_as_documented_with_str_added(random_model, tokenizer, tmp_p
                 anchors=cache,
             )
         trainer.train()
-        drift[name] = anchor_drift(trainer.model, cache, tokens)
+        drift[name] = anchor_drift(trainer.model, tokenizer, cache, tokens)
         if name == "str":
             logged = [e for e in trainer.state.log_history if "str_anchor" in e]
             assert logged and all("task_loss" in e and "mean_token_accuracy" in e for e in logged)

@@ -7,7 +7,8 @@ The public API, imported lazily (``import logitguard`` loads no torch or transfo
 * :class:`STRConfig`, :class:`STRObjective`: STR's settings and the one implementation of an STR step;
 * :class:`STRTrainer`, :class:`STRTrainerMixin`, :class:`STRSFTTrainer` (needs ``trl``): STR in
   ``transformers.Trainer`` and TRL's ``SFTTrainer``; :func:`str_loss`: STR in your own loop;
-* :func:`safety_artifacts`, :class:`SafetyTokens`, :class:`AnchorCache`: the artifacts STR trains with;
+* :func:`safety_artifacts` (a :class:`SafetyArtifacts`), :class:`SafetyTokens`, :class:`AnchorCache`: the artifacts
+  STR trains with;
 * :class:`SafetyMonitor`: refusals logged (and guarded) during any Trainer run;
 * :func:`judge_response`, :func:`refusal_rates`: whole-answer refusal verdicts;
 * :func:`load_model`, :func:`load_tokenizer`: models by hub name, folder, ``.gguf`` file or built-in name;
@@ -19,21 +20,26 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from logitguard import _moved
+
+_moved.install()  # the module paths of 0.1 keep working for one release, with a FutureWarning
+
 _EXPORTS = {
-    "STRConfig": "logitguard.regularizer",
-    "STRObjective": "logitguard.regularizer",
-    "STRTrainer": "logitguard.str_trainer",
-    "STRTrainerMixin": "logitguard.str_trainer",
-    "STRSFTTrainer": "logitguard.str_sft_trainer",
-    "str_loss": "logitguard.custom_loop",
+    "STRConfig": "logitguard.core.objective",
+    "STRObjective": "logitguard.core.objective",
+    "STRTrainer": "logitguard.hosts.trainer",
+    "STRTrainerMixin": "logitguard.hosts.trainer",
+    "STRSFTTrainer": "logitguard.hosts.sft_trainer",
+    "str_loss": "logitguard.hosts.custom_loop",
     "safety_artifacts": "logitguard.artifacts",
-    "SafetyTokens": "logitguard.discovery",
-    "AnchorCache": "logitguard.anchors",
-    "SafetyMonitor": "logitguard.monitor",
-    "judge_response": "logitguard.refusal",
-    "refusal_rates": "logitguard.refusal",
-    "load_model": "logitguard.models",
-    "load_tokenizer": "logitguard.models",
+    "SafetyArtifacts": "logitguard.artifacts",
+    "SafetyTokens": "logitguard.core.safety_tokens",
+    "AnchorCache": "logitguard.core.anchor_cache",
+    "SafetyMonitor": "logitguard.hosts.monitor",
+    "judge_response": "logitguard.evaluation.verdicts",
+    "refusal_rates": "logitguard.evaluation.verdicts",
+    "load_model": "logitguard.models.loading",
+    "load_tokenizer": "logitguard.models.loading",
     "LogitGuardError": "logitguard.errors",
 }
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "STRSFTTrainer",
     "STRTrainer",
     "STRTrainerMixin",
+    "SafetyArtifacts",
     "SafetyMonitor",
     "SafetyTokens",
     "judge_response",
@@ -55,17 +62,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from logitguard.anchors import AnchorCache
-    from logitguard.artifacts import safety_artifacts
-    from logitguard.custom_loop import str_loss
-    from logitguard.discovery import SafetyTokens
+    from logitguard.artifacts import SafetyArtifacts, safety_artifacts
+    from logitguard.core.anchor_cache import AnchorCache
+    from logitguard.core.objective import STRConfig, STRObjective
+    from logitguard.core.safety_tokens import SafetyTokens
     from logitguard.errors import LogitGuardError
-    from logitguard.models import load_model, load_tokenizer
-    from logitguard.monitor import SafetyMonitor
-    from logitguard.refusal import judge_response, refusal_rates
-    from logitguard.regularizer import STRConfig, STRObjective
-    from logitguard.str_sft_trainer import STRSFTTrainer
-    from logitguard.str_trainer import STRTrainer, STRTrainerMixin
+    from logitguard.evaluation.verdicts import judge_response, refusal_rates
+    from logitguard.hosts.custom_loop import str_loss
+    from logitguard.hosts.monitor import SafetyMonitor
+    from logitguard.hosts.sft_trainer import STRSFTTrainer
+    from logitguard.hosts.trainer import STRTrainer, STRTrainerMixin
+    from logitguard.models.loading import load_model, load_tokenizer
 
 
 def __getattr__(name: str) -> Any:

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase, Trainer
 
-from logitguard.data import IGNORE_INDEX, collate
-from logitguard.discovery import SafetyTokens, tokenizer_fingerprint
+from logitguard.core.model_access import eval_mode, final_hidden_states, output_rows
+from logitguard.core.penalties import Reduction, reduce_masked
+from logitguard.core.safety_tokens import SafetyTokens, tokenizer_fingerprint
+from logitguard.data.chat import IGNORE_INDEX, collate
 from logitguard.errors import LogitGuardError
-from logitguard.model_parts import final_hidden_states, output_rows
-from logitguard.penalties import Reduction, reduce_masked
 
 T = TypeVar("T")
 
@@ -101,21 +101,19 @@ def label_log_probs(
 
     Computed once before training for token-wise constrained SFT, so no reference model is needed later.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    weight, bias = output_rows(model)
-    result = []
-    for start in range(0, len(encoded), batch_size):
-        rows = encoded[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
-        hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
-        log_probs = F.linear(hidden, weight, bias).float().log_softmax(-1)
-        labels = batch["labels"][:, 1:]
-        picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != IGNORE_INDEX)
-        for row, example in zip(picked, rows, strict=True):
-            result.append([0.0, *row[: len(example["input_ids"]) - 1].tolist()])
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        weight, bias = output_rows(model)
+        result = []
+        for start in range(0, len(encoded), batch_size):
+            rows = encoded[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+            hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
+            log_probs = F.linear(hidden, weight, bias).float().log_softmax(-1)
+            labels = batch["labels"][:, 1:]
+            picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != IGNORE_INDEX)
+            for row, example in zip(picked, rows, strict=True):
+                result.append([0.0, *row[: len(example["input_ids"]) - 1].tolist()])
     return result
 
 
@@ -123,7 +121,7 @@ class ConstrainedSFTTrainer(Trainer):
     """``transformers.Trainer`` whose loss is token-wise constrained SFT (Qi et al. 2024), a peer of STR.
 
     Each training row needs ``ref_log_probs`` (:func:`label_log_probs` of the aligned model, padded by
-    :func:`~logitguard.data.collate`). The loss is the batch's sum over label tokens divided by their count
+    :func:`~logitguard.data.chat.collate`). The loss is the batch's sum over label tokens divided by their count
     (``num_items_in_batch`` when the Trainer gives it, so gradient accumulation stays exact).
     """
 

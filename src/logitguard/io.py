@@ -1,4 +1,5 @@
-"""Atomic file writes: an interrupted run never leaves a half-written artifact."""
+"""Files in and out: atomic writes (an interrupted run never leaves a half-written artifact) and reads whose every
+failure is one line naming the file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from logitguard.errors import LogitGuardError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -100,8 +103,6 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 def read_text(path: str | os.PathLike) -> str:
     """A UTF-8 text file's contents; a file in another encoding is an error naming it."""
-    from logitguard.errors import LogitGuardError
-
     path = Path(path)
     try:
         return path.read_text(encoding="utf-8")
@@ -111,8 +112,6 @@ def read_text(path: str | os.PathLike) -> str:
 
 def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """``(line number, line)`` of a UTF-8 text file, streamed; a line in another encoding is an error naming it."""
-    from logitguard.errors import LogitGuardError
-
     path = Path(path)
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -120,3 +119,26 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise LogitGuardError(f"{path}:{number}: not UTF-8 text ({e.reason})") from None
+
+
+def _non_finite(token: str) -> float:
+    raise ValueError(f"{token} is not a finite number")
+
+
+def read_json(path: str | os.PathLike, kind: type | tuple[type, ...] = object, what: str = "JSON") -> Any:
+    """``path``'s JSON value, which must be a ``kind``; unreadable text, malformed JSON, ``NaN``/``Infinity`` and
+    another shape are each a one-line error naming the file (``what`` says what it should hold)."""
+    path = Path(path)
+    try:
+        value = json.loads(read_text(path), parse_constant=_non_finite)
+    except json.JSONDecodeError as e:
+        raise LogitGuardError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError as e:
+        if isinstance(e, LogitGuardError):
+            raise
+        raise LogitGuardError(f"{path}: {e}; {what} holds finite numbers only") from None
+    if not isinstance(value, kind):
+        json_names = {dict: "object", list: "array", str: "string", float: "number", int: "integer", bool: "boolean"}
+        names = " or ".join(json_names.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise LogitGuardError(f"{path}: {what} must be a JSON {names}, got {type(value).__name__}")
+    return value

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from logitguard.errors import LogitGuardError
 from logitguard.integrations.host import str_host_trainer
-from logitguard.run_config import STRSection
+from logitguard.settings import STRSection
 
 PLUGIN = "logitguard.integrations.axolotl.LogitGuardPlugin"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from logitguard.errors import LogitGuardError
-from logitguard.run_config import STRSection
-from logitguard.str_trainer import STRTrainerMixin
+from logitguard.hosts.trainer import STRTrainerMixin
+from logitguard.settings import STRSection
 
 MARKER = "logitguard_str.json"
 

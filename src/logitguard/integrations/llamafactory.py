@@ -6,7 +6,7 @@ that block out, puts STR into the trainer class of LLaMA-Factory's SFT workflow,
 ``run_exp`` on the rest. Only ``stage: sft`` is supported. The safety tokens and anchors are made from the model on
 first use (or read from ``logitguard.tokens``/``logitguard.anchors``) into ``output_dir``, where
 ``logitguard_str.json`` records that STR ran. LLaMA-Factory pins its own TRL, so this uses
-:mod:`logitguard.str_trainer`, never :mod:`logitguard.str_sft_trainer`.
+:mod:`logitguard.hosts.trainer`, never :mod:`logitguard.hosts.sft_trainer`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from logitguard.errors import LogitGuardError
-from logitguard.run_config import STRSection, build_section, yaml_mapping
+from logitguard.settings import STRSection, build_section, read_yaml_mapping
 
 
 def split_config(path: Path) -> tuple[dict[str, Any], STRSection]:
     """The LLaMA-Factory config without its ``logitguard:`` block, and that block as STR settings (file/line errors)."""
     from logitguard.io import read_text
 
-    config, lines = yaml_mapping(read_text(path), path, "a LLaMA-Factory config is a mapping")
+    config, lines = read_yaml_mapping(read_text(path), path, "a LLaMA-Factory config is a mapping")
     if "logitguard" not in config:
         raise LogitGuardError(f"{path}: no logitguard: block; add one (e.g. logitguard: {{weight: 0.3}})")
     if config.get("stage", "sft") != "sft":

@@ -1,0 +1,136 @@
+"""Reach inside a causal LM (plain, PEFT- or DDP-wrapped) for what STR needs: its decoder stack, final hidden
+states and output rows, the aligned model inside a PEFT model, and eval mode for a block."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from logitguard.errors import LogitGuardError
+from logitguard.fingerprints import fingerprint
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` (or FSDP1) wrapper: a PEFT model or a causal LM."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
+def unwrap(model: nn.Module) -> PreTrainedModel:
+    """The transformers causal LM inside a PEFT model (LoRA layers stay injected) and any parallel wrapper."""
+    model = unwrap_parallel(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The causal LM's decoder without its LM head (``model.model`` for Llama, Qwen, Mistral)."""
+    causal_lm = unwrap(model)
+    return getattr(causal_lm, causal_lm.base_model_prefix)
+
+
+def final_hidden_states(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None = None
+) -> Tensor:
+    """``(B, L, d)`` last hidden states after the final norm, without the LM head.
+
+    Runs only the decoder stack, so no full-vocabulary logits are built. ``position_ids`` (with no attention mask)
+    mark packed sequences.
+    """
+    stack = decoder_stack(model)
+    return stack(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+
+
+@contextmanager
+def captured_hidden_states(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect the final hidden states ``(B, L, d)`` of every decoder-stack forward run inside the block."""
+    found: list[Tensor] = []
+
+    def keep(_module: nn.Module, _args: Any, output: Any) -> None:
+        found.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = decoder_stack(model).register_forward_hook(keep)
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def head_on_first_rows(model: nn.Module, rows: int) -> Iterator[None]:
+    """Inside the block, the LM head projects only the first ``rows`` rows of what it is given (the task rows): the
+    anchor rows packed behind them need hidden states, not full-vocabulary logits. A forward that never calls the
+    LM head as a module (a fused-loss kernel) is an error, not a silent change."""
+    calls = []
+
+    def first_rows(_module: nn.Module, args: tuple) -> tuple:
+        calls.append(True)
+        return (args[0][:rows], *args[1:])
+
+    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(first_rows)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if not calls:
+        raise LogitGuardError(
+            "the model's forward never called its LM head module, so STR could not keep the packed anchor rows out of "
+            "the logits; set str.anchor_pass: separate"
+        )
+
+
+def output_rows(model: nn.Module, ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Rows ``ids`` of the output embedding (all rows if None) and of its bias, if any."""
+    head = unwrap(model).get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if ids is None:
+        return weight, bias
+    ids = ids.to(weight.device)
+    return weight[ids], None if bias is None else bias[ids]
+
+
+def model_fingerprint(model: nn.Module, ids: Tensor) -> str:
+    """Fingerprint of the architecture and the output rows of ``ids``.
+
+    LoRA leaves the output embedding frozen, so the fingerprint of a PEFT model
+    equals that of the aligned model it wraps.
+    """
+    causal_lm = unwrap(model)
+    weight, _ = output_rows(model, ids)
+    return fingerprint(
+        [
+            type(causal_lm).__name__,
+            f"{causal_lm.config.vocab_size}:{causal_lm.config.hidden_size}",
+            weight.detach().float().cpu().numpy().round(4).tobytes(),
+        ]
+    )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off inside the block; the model's train/eval mode as it was afterwards (on every exit path)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def reference_mode(model: nn.Module) -> Iterator[None]:
+    """The aligned model inside a PEFT model: adapters off, dropout off, no grad."""
+    if not hasattr(model, "disable_adapter"):
+        raise LogitGuardError(
+            "the task-batch reference needs a PEFT model (its adapters disabled give the aligned model); "
+            "for full fine-tuning use reference='anchors', whose reference values are cached before training"
+        )
+    with eval_mode(model), model.disable_adapter(), torch.no_grad():
+        yield

@@ -1,0 +1,107 @@
+"""Every plot LogitGuard draws, from plain numbers (matplotlib is imported only here, and only when drawing).
+
+* :func:`plot_refusal_curves`: harmful refusal against training step, one line per run;
+* :func:`plot_refusal_vs_over_refusal`: each method at its (over-refusal, refusal) point beside the aligned
+  model, the two failures a user fears side by side (top left is best);
+* :func:`plot_safety_vs_utility`: harmful refusal against task accuracy (top right is best);
+* :func:`plot_loss_terms`: each loss term against step, one panel per term.
+
+Points and curves are fractions (0-1); the axes show percentages. Each function writes a PNG atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from logitguard.io import atomic_write
+
+Series = Sequence[tuple[int, float]]  # (step, value)
+Points = Mapping[str, Sequence[tuple[float, float]]]  # label -> (x, y) points, e.g. one per seed
+MARKERS = "osD^v<>PX*"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    _pyplot().close(fig)
+    return path
+
+
+def plot_refusal_curves(curves: Mapping[str, Series], path: Path, title: str = "Refusals during fine-tuning") -> Path:
+    """Harmful refusal (refusals that end) against training step, one line per run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, curve in curves.items():
+        steps, rates = zip(*curve, strict=True)
+        ax.plot(steps, [100 * r for r in rates], marker="o", label=name)
+    ax.set(xlabel="training step", ylabel="harmful refusal (%)", ylim=(-3, 103), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _scatter(ax, points: Points) -> None:
+    for i, (label, xy) in enumerate(points.items()):
+        xs, ys = zip(*xy, strict=True)
+        ax.scatter([100 * x for x in xs], [100 * y for y in ys], marker=MARKERS[i % len(MARKERS)], s=55, label=label)
+
+
+def plot_refusal_vs_over_refusal(
+    panels: Mapping[str, Points], path: Path, aligned: tuple[float, float] | None = None
+) -> Path:
+    """One panel per scenario: each method's (over-refusal, harmful refusal) points, and the aligned model's as a
+    cross with guide lines: a method should stay at or above its refusal and at or left of its over-refusal."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels.items(), strict=True):
+        _scatter(ax, points)
+        if aligned is not None:
+            x, y = 100 * aligned[0], 100 * aligned[1]
+            ax.scatter([x], [y], marker="x", s=90, color="black", label="aligned model")
+            ax.axhline(y, color="black", linewidth=0.6, linestyle=":")
+            ax.axvline(x, color="black", linewidth=0.6, linestyle=":")
+        ax.set(xlabel="over-refusal (%)", ylabel="harmful refusal (%)", xlim=(-5, 105), ylim=(-5, 105), title=title)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_safety_vs_utility(panels: Mapping[str, Points], path: Path, task: str = "task accuracy") -> Path:
+    """One panel per scenario: each method's (task accuracy, harmful refusal) points (top right is best)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels.items(), strict=True):
+        _scatter(ax, points)
+        ax.set(xlabel=f"{task} (%)", ylabel="harmful refusal (%)", xlim=(-5, 105), ylim=(-5, 105), title=title)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_loss_terms(losses: Mapping[str, Mapping[str, Series]], path: Path) -> Path:
+    """``losses[run][term]`` against step: one panel per term, one line per run."""
+    plt = _pyplot()
+    terms = list(dict.fromkeys(term for run in losses.values() for term in run))
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.6 * len(terms), 3.2), squeeze=False)
+    for ax, term in zip(axes[0], terms, strict=True):
+        for name, run in losses.items():
+            if term in run:
+                steps, values = zip(*run[term], strict=True)
+                ax.plot(steps, values, label=name, linewidth=1)
+        ax.set(title=term, xlabel="step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

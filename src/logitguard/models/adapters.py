@@ -1,0 +1,77 @@
+"""Adapters saved with the fingerprint of the base they were trained on, and loaded only onto that base.
+
+An adapter LogitGuard saves records its base's fingerprint (:data:`BASE_FILE`); loading it onto another base is an
+error, so an evaluation never silently scores an adapter on the wrong model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from logitguard.core.model_access import unwrap
+from logitguard.errors import LogitGuardError
+from logitguard.fingerprints import fingerprint
+from logitguard.io import read_json, write_json
+
+BASE_FILE = "logitguard_base.json"
+
+
+def base_fingerprint(model: nn.Module, values: int = 4096) -> str:
+    """Fingerprint of the base model's weights (adapters left out): names, shapes and leading values in bfloat16.
+
+    bfloat16 makes the same checkpoint hash alike whether it was loaded in fp32 or bf16; a merged or another
+    fine-tuned base changes its leading values and so its hash. Written beside each adapter LogitGuard saves
+    (:data:`BASE_FILE`) and checked when the adapter is loaded for evaluation.
+    """
+
+    def chunks():
+        for name, p in unwrap(model).named_parameters():
+            if "lora_" in name:
+                continue
+            yield f"{name.replace('.base_layer', '')}:{tuple(p.shape)}"
+            yield p.detach().flatten()[:values].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+
+    return fingerprint(chunks())
+
+
+def save_adapter(model: PreTrainedModel, folder: str | Path) -> None:
+    """``save_pretrained`` of a PEFT model, plus the fingerprint of the base it was trained on (:data:`BASE_FILE`)."""
+    model.save_pretrained(folder)
+    write_json(Path(folder) / BASE_FILE, {"base_fingerprint": base_fingerprint(model)})
+
+
+def load_adapter(model: PreTrainedModel, adapter: str | Path, base_name: str | None = None, any_base: bool = False):
+    """``model`` with the PEFT adapter in ``adapter``, after checking that the adapter was trained on it.
+
+    An adapter LogitGuard saved records its base's fingerprint, which must match ``model``'s; another adapter
+    records its base's name (``base_model_name_or_path``), which must match ``base_name``. ``any_base`` skips the
+    check (an adapter known to fit a renamed copy of its base).
+    """
+    from peft import PeftModel
+
+    folder = Path(adapter)
+    config_path = folder / "adapter_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
+    if not any_base:
+        recorded = folder / BASE_FILE
+        if recorded.is_file():
+            expected = read_json(recorded, dict, "an adapter's base record").get("base_fingerprint")
+            found = base_fingerprint(model)
+            if expected != found:
+                raise LogitGuardError(
+                    f"{folder} was trained on another base model (fingerprint {expected}, this model {found}); "
+                    "load the model it was trained on"
+                )
+        else:
+            trained_on = read_json(config_path, dict, "an adapter config").get("base_model_name_or_path")
+            if trained_on and base_name and str(trained_on) != str(base_name):
+                raise LogitGuardError(
+                    f"{folder} was trained on {trained_on!r}, not {base_name!r}; load that model, or pass "
+                    "--any-adapter-base if this one is a copy of it"
+                )
+    return PeftModel.from_pretrained(model, str(folder))
