@@ -1,19 +1,26 @@
-"""Wall time per optimizer step and peak memory of STR next to plain LoRA SFT, at equal batch.
+"""Wall time per optimizer step and peak memory of STR, its options and its peers next to plain LoRA SFT.
 
-Run: python -m benchmarks.str_overhead [--preset tiny-32k] [--seq 512] [--batch 8] [--repeats 3]
+Run: python -m benchmarks.str_overhead [--preset toy|tiny-32k|tiny-128k] [--repeats 3] [--variants NAME ...]
 GPU: python -m benchmarks.str_overhead --device cuda --dtype bfloat16 --preset llama-1b
      python -m benchmarks.str_overhead --table
-(CPU defaults take a few minutes on 2 cores.) Each invocation's results are merged into
-``benchmarks/results/str_overhead.json`` under its preset, device and dtype.
+(On 2 CPU cores: the toy about 10 minutes for every variant and 3 repeats, tiny-32k about 40, tiny-128k about 40 for
+its main variants.) Each invocation's results are merged into ``benchmarks/results/str_overhead.json`` under its
+preset, device and dtype, after every measurement.
 
-A random-weight Llama with a realistic vocabulary is trained with LoRA through
-the real ``Trainer.training_step`` (forward, loss, backward) plus the optimizer
-step, for plain SFT and each STR variant. Every (variant, repeat) runs in a
-fresh process, variants interleaved within each repeat, so the ratios are
-measured side by side. A repeat's time is the mean over its steps (``--steps`` a multiple of 4, so a variant
-that runs anchors every 4th step pays for them; a median would hide them); the table gives the median over
-repeats. Peak memory is
+The model is trained with LoRA (r=16, every linear layer) through the real ``Trainer.training_step`` (forward,
+loss, backward) plus the optimizer step, for plain SFT and each variant. The ``toy`` preset is the demo's toy
+aligned model on its real benign data (batch 16, a fresh draw each step, the same draws for every variant) with
+its real safety tokens and anchors; the others are random-weight Llamas of a realistic shape on full rows of
+``--seq`` tokens with synthetic anchors (``--anchors-per-step`` of ``--anchor-length`` tokens, the second half of
+each a refusal). Every (variant, repeat) runs in a fresh process, variants interleaved within each repeat, so the
+ratios are measured side by side. A repeat's time is the mean over its steps (``--steps`` a multiple of 4, so a
+variant that runs anchors every 4th step pays for them); the table gives the median over repeats. Peak memory is
 ``torch.cuda.max_memory_allocated`` on GPU and the process's peak RSS on CPU.
+
+Variants: STR's default (packed anchor pass), the other anchor passes, its options one at a time (anchor_every,
+anchors_per_step, the rest and target buckets), and the peers: PACT-style restricted KL (the k safety tokens of
+the task batch against the adapters-off model, T=2) and full-vocabulary KL (every token), both of which run a
+reference forward pass per step.
 """
 
 from __future__ import annotations
@@ -29,18 +36,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PRESETS = {
+    "toy": {"vocab": 4096, "hidden": 128, "layers": 4, "heads": 4, "intermediate": 384},  # the demo's toy model
     "tiny-32k": {"vocab": 32000, "hidden": 256, "layers": 4, "heads": 4, "intermediate": 1024},
     "tiny-128k": {"vocab": 128256, "hidden": 256, "layers": 4, "heads": 4, "intermediate": 1024},
     "llama-1b": {"vocab": 128256, "hidden": 2048, "layers": 16, "heads": 32, "intermediate": 8192},
     "llama-8b": {"vocab": 128256, "hidden": 4096, "layers": 32, "heads": 32, "intermediate": 14336},
 }
-VARIANTS = {
+PACT = {"reference": "task", "weight": 1.0, "temperature": 2.0, "mask_conflicts": False}
+PACT |= {"rest_bucket": False, "target_bucket": False}
+VARIANTS: dict[str, dict | None] = {  # STRConfig overrides (None: plain SFT; "all_tokens": every token is pinned)
     "sft": None,
-    "str anchors (auto pass)": {"reference": "anchors"},
-    "str anchors (shared pass)": {"reference": "anchors", "anchor_pass": "shared"},
-    "str anchors every 4th step": {"reference": "anchors", "anchor_every": 4},
-    "str task reference": {"reference": "task"},
+    "str (default: packed pass)": {},
+    "str, separate anchor pass": {"anchor_pass": "separate"},
+    "str, shared pass (anchors padded to rows)": {"anchor_pass": "shared"},
+    "str, anchors every 2nd step": {"anchor_every": 2},
+    "str, anchors every 4th step": {"anchor_every": 4},
+    "str, 4 anchors a step": {"anchors_per_step": 4},
+    "str, 16 anchors a step": {"anchors_per_step": 16},
+    "str, no rest bucket": {"rest_bucket": False},
+    "str, no target bucket": {"target_bucket": False},
+    "str, no bucket": {"rest_bucket": False, "target_bucket": False},
+    "str, task reference": {"reference": "task"},
+    "PACT-style restricted KL (T=2)": PACT,
+    "full-vocabulary KL": {**PACT, "temperature": 1.0, "all_tokens": True},
 }
+MAIN = ["sft", "str (default: packed pass)", "str, separate anchor pass", "PACT-style restricted KL (T=2)"]
 
 
 @dataclass
@@ -57,21 +77,65 @@ class Settings:
     dtype: str
 
 
-def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
-    """Train ``s.warmup + s.steps`` steps of one variant; put (mean seconds per step, peak bytes) on ``queue``."""
+@dataclass
+class Workload:
+    """What every variant trains on: the LoRA model, the safety tokens and anchors, and each step's batch."""
+
+    model: object
+    tokens: object
+    anchors: object
+    batches: list[dict]
+
+
+def toy_artifacts() -> Path:
+    """The toy's safety tokens and anchors, made once into the cache (the demo's settings) before any variant runs."""
+    from logitguard.lab.demo import DemoConfig, make_artifacts
+    from logitguard.lab.toy.setting import ToySetting
+    from logitguard.models.cache import cache_root
+
+    config = DemoConfig()
+    setting = ToySetting(config.recipe)
+    folder = cache_root() / f"bench-toy-artifacts-{config.recipe.key()}"
+    make_artifacts(setting, config, folder)
+    return folder
+
+
+def toy_workload(s: Settings, artifacts: Path) -> Workload:
+    """The toy aligned model with fresh LoRA adapters, its anchors, and ``warmup + steps`` batches of benign data."""
+    import random
+
+    from logitguard.core.anchor_cache import AnchorCache
+    from logitguard.core.safety_tokens import SafetyTokens
+    from logitguard.data.chat import collate, encode_chat
+    from logitguard.lab.demo import DemoConfig
+    from logitguard.lab.finetune import lora_model
+    from logitguard.lab.toy.setting import ToySetting
+
+    config = DemoConfig()
+    setting = ToySetting(config.recipe)
+    model = lora_model(setting, config.finetune)
+    examples = [encode_chat(setting.tokenizer, p, r) for p, r in setting.benign_data()]
+    draw = random.Random(0)
+    batches = [
+        collate(draw.sample(examples, s.batch), setting.tokenizer.pad_token_id) for _ in range(s.warmup + s.steps)
+    ]
+    batches = [{k: v.to(s.device) for k, v in b.items()} for b in batches]
+    tokens = SafetyTokens.load(artifacts / "safety_tokens.json")
+    return Workload(model, tokens, AnchorCache.load(artifacts / "anchors.safetensors"), batches)
+
+
+def random_workload(s: Settings) -> Workload:
+    """A random-weight Llama of the preset's shape with LoRA, synthetic anchors and one batch of full rows."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from logitguard.core.anchor_cache import AnchorCache
     from logitguard.core.model_access import model_fingerprint
-    from logitguard.core.objective import STRConfig
     from logitguard.core.safety_tokens import SafetyTokens
-    from logitguard.hosts.trainer import STRTrainer
 
     p = PRESETS[s.preset]
     torch.manual_seed(0)
-    dtype = getattr(torch, s.dtype)
     config = LlamaConfig(
         vocab_size=p["vocab"],
         hidden_size=p["hidden"],
@@ -82,7 +146,7 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
         max_position_embeddings=max(s.seq, s.anchor_length),
     )
     with torch.device(s.device):
-        model = LlamaForCausalLM(config).to(dtype)
+        model = LlamaForCausalLM(config).to(getattr(torch, s.dtype))
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
     ids = torch.arange(100, 100 + s.k)
     tokens = SafetyTokens(ids.tolist(), [str(i) for i in ids.tolist()], [1.0] * s.k, "benchmark")
@@ -99,6 +163,25 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
         token_ids=ids,
         model_fingerprint=model_fingerprint(model, ids),
     )
+    input_ids = torch.randint(0, p["vocab"], (s.batch, s.seq), device=s.device)
+    labels = input_ids.clone()
+    labels[:, : s.seq // 2] = -100  # completion-only loss on the second half
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    return Workload(model, tokens, anchors, [batch] * (s.warmup + s.steps))
+
+
+def workload(s: Settings, artifacts: str | None) -> Workload:
+    return toy_workload(s, Path(artifacts)) if s.preset == "toy" else random_workload(s)
+
+
+def make_trainer(name: str, s: Settings, work: Workload):
+    """The variant's trainer (``transformers.Trainer`` for SFT, ``STRTrainer`` otherwise) with its optimizer."""
+    from transformers import Trainer, TrainingArguments
+
+    from logitguard.baselines import full_vocabulary_tokens
+    from logitguard.core.objective import STRConfig
+    from logitguard.hosts.trainer import STRTrainer
+
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=s.batch,
@@ -107,27 +190,51 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
         use_cpu=s.device == "cpu",
         bf16=s.dtype == "bfloat16",
     )
-    if VARIANTS[name] is None:
-        trainer = Trainer(model=model, args=args)
+    spec = VARIANTS[name]
+    if spec is None:
+        trainer = Trainer(model=work.model, args=args)
     else:
-        str_config = STRConfig(penalty="kl", weight=0.3, anchors_per_step=s.anchors_per_step, **VARIANTS[name])
-        trainer = STRTrainer(model=model, args=args, str_config=str_config, safety_tokens=tokens, anchors=anchors)
+        spec = dict(spec)
+        tokens = work.tokens
+        if spec.pop("all_tokens", False):
+            vocab = work.model.get_output_embeddings().weight.shape[0]
+            tokens = full_vocabulary_tokens(_Vocabulary(vocab))
+        config = STRConfig(**{"penalty": "kl", "weight": 0.3, "anchors_per_step": s.anchors_per_step, **spec})
+        trainer = STRTrainer(model=work.model, args=args, str_config=config, safety_tokens=tokens, anchors=work.anchors)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1
-    input_ids = torch.randint(0, p["vocab"], (s.batch, s.seq), device=s.device)
-    labels = input_ids.clone()
-    labels[:, : s.seq // 2] = -100  # completion-only loss on the second half
-    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
-    num_items = (labels[:, 1:] != -100).sum()
+    return trainer
+
+
+class _Vocabulary:
+    """A stand-in tokenizer of ``n`` tokens for the full-vocabulary peer (only its size and vocabulary are read)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get_vocab(self) -> dict[str, int]:
+        return {str(i): i for i in range(self.n)}
+
+
+def run_variant(name: str, s: Settings, artifacts: str | None, queue: mp.Queue) -> None:
+    """Train ``s.warmup + s.steps`` steps of one variant; put (mean seconds per step, peak bytes) on ``queue``."""
+    import torch
+
+    work = workload(s, artifacts)
+    trainer = make_trainer(name, s, work)
 
     def sync() -> None:
         if s.device == "cuda":
             torch.cuda.synchronize()
 
     times = []
-    for step in range(s.warmup + s.steps):
+    for step, batch in enumerate(work.batches):
         if step == s.warmup and s.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        num_items = (batch["labels"][:, 1:] != -100).sum()
         sync()
         start = time.perf_counter()
         trainer.training_step(trainer.model, dict(batch), num_items)
@@ -143,10 +250,10 @@ def run_variant(name: str, s: Settings, queue: mp.Queue) -> None:
     queue.put((statistics.mean(times[s.warmup :]), peak))
 
 
-def measure(name: str, s: Settings) -> tuple[float, int]:
+def measure(name: str, s: Settings, artifacts: str | None) -> tuple[float, int]:
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=run_variant, args=(name, s, queue))
+    process = context.Process(target=run_variant, args=(name, s, artifacts, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -156,35 +263,37 @@ def measure(name: str, s: Settings) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny-32k")
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512, help="task tokens per row (random presets)")
+    parser.add_argument("--batch", type=int, default=None, help="rows per step (default: 16 on the toy, else 8)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--anchors-per-step", type=int, default=8)
-    parser.add_argument("--anchor-length", type=int, default=64)
+    parser.add_argument("--anchor-length", type=int, default=64, help="tokens per synthetic anchor (random presets)")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--main", action="store_true", help=f"only the main variants: {', '.join(MAIN)}")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "str_overhead.json")
     parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     a = parser.parse_args(argv)
     if a.table:
         print(table(json.loads(a.out.read_text(encoding="utf-8"))))
         return
-    s = Settings(
-        a.preset, a.seq, a.batch, a.steps, a.warmup, a.anchors_per_step, a.anchor_length, a.k, a.device, a.dtype
-    )
+    batch = a.batch or (16 if a.preset == "toy" else 8)
+    s = Settings(a.preset, a.seq, batch, a.steps, a.warmup, a.anchors_per_step, a.anchor_length, a.k, a.device, a.dtype)
     from logitguard.io import write_json
 
+    artifacts = str(toy_artifacts()) if a.preset == "toy" else None
     key = f"{a.preset} {a.device} {a.dtype}"
     earlier = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"runs": {}}
     device = device_name(a.device)
-    results: dict[str, list[tuple[float, int]]] = {name: [] for name in a.variants}
+    variants = MAIN if a.main else a.variants
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in variants}
     for repeat in range(a.repeats):
-        for name in a.variants:
-            results[name].append(measure(name, s))
+        for name in variants:
+            results[name].append(measure(name, s, artifacts))
             seconds, peak = results[name][-1]
             print(f"repeat {repeat} {name}: {1000 * seconds:.0f} ms/step, peak {peak / 2**20:.0f} MiB", flush=True)
             earlier["runs"][key] = summary(s, a.repeats, results) | device  # a stopped run keeps it
@@ -195,13 +304,14 @@ def main(argv: list[str] | None = None) -> None:
 def device_name(device: str) -> dict:
     import torch
 
-    return {"device_name": torch.cuda.get_device_name()} if device == "cuda" else {}
+    return {"device_name": torch.cuda.get_device_name()} if device == "cuda" else {"device_name": "2 CPU cores"}
 
 
 def summary(s: Settings, repeats: int, results: dict[str, list[tuple[float, int]]]) -> dict:
     """The JSON entry of one preset: medians over the repeats measured so far (each variant lists its own)."""
     return {
         "settings": asdict(s) | {"repeats": repeats, "step_statistic": "mean"} | PRESETS[s.preset],
+        "measured": time.strftime("%Y-%m-%d"),
         "variants": {
             name: {
                 "ms_per_step": 1000 * statistics.median(t for t, _ in runs),
@@ -219,11 +329,16 @@ def table(results: dict) -> str:
     lines = []
     for key, run in results["runs"].items():
         s, variants = run["settings"], run["variants"]
+        shape = (
+            f"the toy model on its benign data, batch {s['batch']}, {s['anchors_per_step']} real anchors per step"
+            if s["preset"] == "toy"
+            else f"vocab {s['vocab']}, hidden {s['hidden']}, {s['layers']} layers, batch {s['batch']} × {s['seq']} "
+            f"tokens, {s['anchors_per_step']} anchors × {s['anchor_length']} tokens per step"
+        )
+        when = f", measured {run['measured']}" if "measured" in run else ""
         lines += [
-            f"{key}: vocab {s['vocab']}, hidden {s['hidden']}, {s['layers']} layers, batch {s['batch']} × {s['seq']} "
-            f"tokens, LoRA r16, {s['anchors_per_step']} anchors × {s['anchor_length']} tokens per step, k={s['k']}; "
-            f"median over repeats of the {s.get('step_statistic', 'median')} over {s['steps']} steps"
-            + (f" on {run['device_name']}" if "device_name" in run else ""),
+            f"{key}: {shape}, LoRA r16, k={s['k']}; median over repeats of the {s.get('step_statistic', 'median')} "
+            f"over {s['steps']} steps" + (f" on {run['device_name']}" if "device_name" in run else "") + when,
             *([f"({run['note']})"] if "note" in run else []),
             "",
             "| variant | repeats | ms / step | × SFT time | peak MiB | × SFT peak |",

@@ -1,7 +1,7 @@
 """Bad input, careless or hostile, across the command line: one test per input.
 
 Each must end in one line on stderr naming the path or field (exit code 2, no traceback), never lose data a user
-already has, and never give a silently wrong result. Covered: 34 bad inputs (the count is checked below).
+already has, and never give a silently wrong result. Covered: 70 bad inputs (the count is checked below).
 """
 
 from __future__ import annotations
@@ -15,19 +15,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from logitguard.cli.main import main
 from logitguard.core.safety_tokens import SafetyTokens, tokenizer_fingerprint
+from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_directory, recover_directory
+from tests.helpers import tiny_llama
 
-COVERED = 34
-CASES: list[str] = []
+COVERED = 70
+CASES: dict[str, int] = {}
 
 
 def bad_input(test):
-    """Register a test as one bad input covered."""
-    CASES.append(test.__name__)
+    """Register a test as the bad inputs it covers: one, or one per parameter set when it is parametrized."""
+    marks = [m for m in getattr(test, "pytestmark", []) if m.name == "parametrize"]
+    CASES[test.__name__] = len(marks[0].args[1]) if marks else 1
     return test
 
 
@@ -414,7 +417,332 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr and "missing.jsonl" in result.stderr
 
 
+# --- round two: output ownership, non-finite values, checks before writes, one line ------------------------------
+
+
+def no_run_written(out: Path) -> bool:
+    """Nothing of a run was written: no config, no artifacts, no adapter (the folder may not exist at all)."""
+    return not out.exists() or not any(out.iterdir())
+
+
+@bad_input
+def test_select_out_onto_a_users_file_and_its_scores_sibling_is_refused(workspace, tmp_path, capsys):
+    notes, scores = write(tmp_path / "notes.jsonl", "my notes\n"), write(tmp_path / "notes.scores.jsonl", "other\n")
+    assert select(workspace, "--data", str(workspace / "train.jsonl"), "--out", str(notes)) == 2
+    one_line_error(capsys, "--out", "did not write it")
+    assert notes.read_text() == "my notes\n" and scores.read_text() == "other\n"
+    notes.unlink()  # the sibling alone is protected as well
+    assert select(workspace, "--data", str(workspace / "train.jsonl"), "--out", str(notes)) == 2
+    one_line_error(capsys, "--scores", "notes.scores.jsonl", "did not write it")
+    assert scores.read_text() == "other\n"
+
+
+@bad_input
+def test_select_may_replace_its_own_output_but_not_once_a_user_edited_it(workspace, tmp_path, capsys):
+    kept = tmp_path / "kept.jsonl"
+    args = [
+        "--data",
+        str(workspace / "train.jsonl"),
+        "--out",
+        str(kept),
+        "--score",
+        "refusal",
+        "--refusals",
+        "templates",
+    ]
+    assert select(workspace, *args, "--threshold", "0.99") == 0
+    assert select(workspace, *args, "--threshold", "0.99") == 0  # its own, unchanged: rewritten
+    kept.write_text(kept.read_text() + "my edit\n")
+    assert select(workspace, *args, "--threshold", "0.99") == 2
+    one_line_error(capsys, "--out", "was changed since")
+    assert kept.read_text().endswith("my edit\n")
+
+
+@bad_input
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("str.weight=.inf", "str.weight must be a finite number"),
+        ("selection.threshold=.nan", "selection.threshold must be a finite number"),
+        ("training.max_steps=-5", "training.max_steps must be >= -1"),
+        ("training.learning_rate=-0.1", "training.learning_rate must be > 0"),
+        ("lora.dropout=-0.5", "lora.dropout must be in [0, 1)"),
+        ("lora.r=0", "lora.r must be >= 1"),
+        ("monitor.min_refusal=1.5", "monitor.min_refusal must be in [0, 1]"),
+        ("data.max_length=0", "data.max_length must be >= 2"),
+        ("str.anchors_per_step=0", "str.anchors_per_step must be >= 1"),
+    ],
+)
+def test_a_number_outside_its_domain_is_refused_before_anything_is_written(
+    workspace, tmp_path, capsys, override, message
+):
+    out = tmp_path / "out"
+    assert train(workspace, out, override) == 2
+    one_line_error(capsys, message, "override")
+    assert no_run_written(out)
+
+
+@bad_input
+def test_an_anchor_cache_with_nan_references_is_refused(workspace, tmp_path, capsys):
+    artifacts = make_artifacts(workspace, tmp_path)
+    tensors = load_file(str(artifacts / "anchors.safetensors"))
+    tensors["ref_logits"][tensors["target_mask"].bool()] = float("nan")
+    save_file(tensors, str(artifacts / "anchors.safetensors"), metadata=anchor_metadata(artifacts))
+    out = tmp_path / "out"
+    assert train(workspace, out, *given(artifacts)) == 2
+    one_line_error(capsys, "anchors.safetensors", "non-finite reference values")
+    assert no_run_written(out)
+
+
+@bad_input
+def test_an_anchor_cache_without_a_target_position_would_make_str_a_no_op_and_is_refused(workspace, tmp_path, capsys):
+    artifacts = make_artifacts(workspace, tmp_path)
+    tensors = load_file(str(artifacts / "anchors.safetensors"))
+    tensors["target_mask"] = torch.zeros_like(tensors["target_mask"])
+    save_file(tensors, str(artifacts / "anchors.safetensors"), metadata=anchor_metadata(artifacts))
+    assert train(workspace, tmp_path / "out", *given(artifacts)) == 2
+    one_line_error(capsys, "anchors.safetensors", "no target position", "pin nothing")
+
+
+@bad_input
+@pytest.mark.parametrize("problem", ["float ids", "ids beyond the vocabulary"])
+def test_anchor_ids_that_are_not_token_ids_are_refused(workspace, tmp_path, capsys, problem):
+    artifacts = make_artifacts(workspace, tmp_path)
+    tensors = load_file(str(artifacts / "anchors.safetensors"))
+    if problem == "float ids":
+        tensors["input_ids"] = tensors["input_ids"].float()
+    else:
+        tensors["input_ids"][0, 0] = 10**6
+    save_file(tensors, str(artifacts / "anchors.safetensors"), metadata=anchor_metadata(artifacts))
+    assert train(workspace, tmp_path / "out", *given(artifacts)) == 2
+    one_line_error(capsys, "anchors.safetensors", "expected integer ids" if problem == "float ids" else "outside")
+
+
+@bad_input
+def test_a_loss_that_becomes_nan_stops_the_run_naming_the_step_and_term_and_writes_no_adapter(
+    workspace, tmp_path, capsys, tokenizer
+):
+    model = tiny_llama(tokenizer, max_positions=256)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("inf"))  # every logit non-finite from the first step
+    model.save_pretrained(tmp_path / "broken")
+    tokenizer.save_pretrained(tmp_path / "broken")
+    artifacts = make_artifacts(workspace, tmp_path)  # made from the sound model; the run trains the broken one
+    out = tmp_path / "out"
+    code = train(
+        workspace, out, f"model.name_or_path={tmp_path / 'broken'}", "str.reference=task", *given(artifacts)[:1]
+    )
+    assert code == 2
+    one_line_error(capsys, "step 1", "task_loss became non-finite", "no adapter was written")
+    assert not (out / "adapter").exists() and not (out / "train_log.json").exists()
+
+
+@bad_input
+def test_resume_after_the_data_was_rewritten_in_place_is_refused(workspace, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    shutil.copy(workspace / "train.jsonl", data)
+    out = tmp_path / "out"
+    assert train(workspace, out, f"data.train={data}", "training.max_steps=2", "training.save_steps=1") == 0
+    shutil.rmtree(out / "adapter")
+    (out / "train_log.json").unlink()  # an unfinished run, as a kill would leave it
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(reversed(lines)) + "\n")  # the same path, other content
+    assert train(workspace, out, f"data.train={data}", "training.max_steps=2", "training.save_steps=1", "--resume") == 2
+    one_line_error(capsys, "data.train changed since", "start over in a new output_dir")
+
+
+@bad_input
+def test_resume_after_the_chat_template_file_was_rewritten_is_refused(workspace, tmp_path, capsys, tokenizer):
+    template = write(tmp_path / "template.jinja", tokenizer.chat_template)
+    out = tmp_path / "out"
+    settings = ["training.max_steps=2", "training.save_steps=1", f"model.chat_template={template}"]
+    assert train(workspace, out, *settings) == 0
+    (out / "train_log.json").unlink()
+    template.write_text(tokenizer.chat_template.replace("<|end|>", "<|end|> "))  # the same path, another template
+    assert train(workspace, out, *settings, "--resume") == 2
+    one_line_error(capsys, "chat template changed since", "restore them, or start over")
+
+
+@bad_input
+def test_resume_refused_for_a_changed_config_names_the_key_that_differs(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train(workspace, out, "training.max_steps=2", "training.save_steps=1") == 0
+    (out / "train_log.json").unlink()
+    assert train(workspace, out, "training.max_steps=2", "training.save_steps=1", "str.weight=0.9", "--resume") == 2
+    one_line_error(capsys, "str.weight: 0.3 then, 0.9 now")
+
+
+@bad_input
+def test_a_key_given_twice_in_a_run_config_names_both_lines(workspace, tmp_path, capsys):
+    config = write(tmp_path / "run.yaml", (workspace / "run.yaml").read_text() + "str:\n  weight: 0.9\n")
+    assert main(["train", "--config", str(config), f"output_dir={tmp_path / 'out'}"]) == 2
+    error = one_line_error(capsys, "'str' is given twice")
+    assert re.search(r"lines \d+ and \d+", error)
+
+
+@bad_input
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path, capsys):
+    bomb = "a: &a {x: 1, y: 1}\n" + "".join(
+        f"{c}: &{c} {{x: *{p}, y: *{p}}}\n" for p, c in zip("abcdefghijklmnopqrs", "bcdefghijklmnopqrst", strict=True)
+    )
+    config = write(tmp_path / "bomb.yaml", bomb)
+    assert main(["train", "--config", str(config)]) == 2
+    one_line_error(capsys, "bomb.yaml", "aliases")
+
+
+@bad_input
+def test_safety_tokens_of_another_k_than_the_config_asks_for_are_refused(workspace, tmp_path, capsys):
+    artifacts = make_artifacts(workspace, tmp_path, k=4)
+    out = tmp_path / "out"
+    assert train(workspace, out, *given(artifacts), "str.k=8") == 2
+    one_line_error(capsys, "holds 4 safety tokens, not the 8 asked for")
+    assert no_run_written(out)
+
+
+@bad_input
+def test_str_trainer_with_the_task_reference_checks_the_tokens_tokenizer(workspace, tmp_path, tokenizer):
+    from logitguard.core.objective import STRConfig
+    from tests.helpers import lora, make_trainer
+
+    other = SafetyTokens([3, 4], ["a", "b"], [1.0, 0.5], "another tokenizer")
+    with pytest.raises(LogitGuardError, match="another tokenizer"):
+        make_trainer(lora(tiny_llama(tokenizer)), tokenizer, tmp_path, STRConfig(reference="task"), None, other)
+
+
+@bad_input
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("str.harmful=/no/such/prompts.txt", "str.harmful: no such file"),
+        ("lora.target_modules=[no_such_module]", "lora:"),
+    ],
+)
+def test_inputs_that_fail_are_refused_before_the_first_write(workspace, tmp_path, capsys, override, fragment):
+    out = tmp_path / "out"
+    assert train(workspace, out, override) == 2
+    one_line_error(capsys, fragment)
+    assert no_run_written(out)
+    assert train(workspace, out, "training.max_steps=1") == 0  # the corrected command runs into the same folder
+
+
+@bad_input
+def test_safety_tokens_of_another_tokenizer_are_refused_before_the_first_write(workspace, tmp_path, capsys):
+    path = tmp_path / "tokens.json"
+    SafetyTokens([3, 4], ["a", "b"], [1.0, 0.5], "another tokenizer").save(path)
+    out = tmp_path / "out"
+    assert train(workspace, out, f"str.tokens={path}", "str.k=2") == 2
+    one_line_error(capsys, "another tokenizer")
+    assert no_run_written(out)
+
+
+@bad_input
+@pytest.mark.parametrize("command", ["train", "select"])
+def test_a_chat_record_whose_roles_are_out_of_order_is_one_line(workspace, tmp_path, capsys, command):
+    data = write(
+        tmp_path / "data.jsonl",
+        json.dumps({"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "q"}]}) + "\n",
+    )
+    if command == "train":
+        assert train(workspace, tmp_path / "out", f"data.train={data}") == 2
+    else:
+        assert select(workspace, "--data", str(data), "--out", str(tmp_path / "kept.jsonl")) == 2
+    one_line_error(capsys, f"{data}:1", "message 0 is a assistant turn where a user turn belongs")
+
+
+@bad_input
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "--limit", "-1"], "--limit: must be >= 1, got -1"),
+        (["eval", "--max-new-tokens", "0"], "--max-new-tokens: must be >= 1, got 0"),
+        (["eval", "--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+        (["select", "--lora-r", "0"], "--lora-r: must be >= 1, got 0"),
+        (["select", "--fraction", "nan"], "--fraction: must be a finite number"),
+    ],
+)
+def test_a_command_line_number_outside_its_domain_is_one_line(tmp_path, capsys, args, message):
+    responses = write(tmp_path / "r.jsonl", json.dumps({"prompt": "a", "response": "b"}) + "\n")
+    rest = ["--responses", str(responses)] if args[0] == "eval" else ["--model", "m", "--data", str(responses)]
+    assert main([*args, *rest, "--out", str(tmp_path / "out")]) == 2
+    one_line_error(capsys, message)
+    assert not (tmp_path / "out").exists()
+
+
+@bad_input
+def test_a_write_that_fails_on_a_full_disk_is_one_line_naming_the_file(tmp_path):
+    """A file-size limit stands in for a full disk: the write fails part-way (EFBIG where ENOSPC would be)."""
+    responses = write(
+        tmp_path / "r.jsonl", "".join(json.dumps({"prompt": "a" * 200, "response": "b"}) + "\n" for _ in range(400))
+    )
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "from logitguard.cli.main import main\n"
+        f"sys.exit(main(['eval', '--responses', {str(responses)!r}, '--out', {str(tmp_path / 'out')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("logitguard ")]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "harmful.jsonl" in lines[0] and "cannot write" in lines[0] and "nothing was replaced" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@bad_input
+def test_llamafactory_train_without_llamafactory_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llamafactory" else real(name, *a)
+    )
+    assert main(["llamafactory-train", str(write(tmp_path / "cfg.yaml", "stage: sft\n"))]) == 2
+    one_line_error(capsys, "LLaMA-Factory is not installed", "pip install llamafactory")
+
+
+@bad_input
+def test_ctrl_c_is_one_line_saying_what_was_kept(workspace, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "logitguard.cli", "train", "--config", str(workspace / "run.yaml")]
+    process = subprocess.Popen(
+        [*command, f"output_dir={out}", "training.max_steps=100000", "training.save_steps=1000"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(600):
+        if (out / "config.yaml").exists():
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    err = process.communicate(timeout=120)[1]
+    lines = [line for line in err.splitlines() if line.startswith("logitguard ")]
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert len(lines) == 1 and "interrupted" in lines[0]
+
+
+def make_artifacts(workspace, tmp_path, k: int = 8) -> Path:
+    """Safety tokens and anchors of the workspace model, from templates (logitguard tokens)."""
+    folder = tmp_path / f"artifacts-k{k}"
+    args = ["--model", str(workspace / "model"), "--out", str(folder), "--k", str(k), "--refusals", "templates"]
+    assert main(["tokens", *args]) == 0
+    return folder
+
+
+def anchor_metadata(folder: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "anchors.safetensors"), framework="pt") as handle:
+        return handle.metadata()
+
+
+def given(folder: Path) -> list[str]:
+    return [f"str.tokens={folder / 'safety_tokens.json'}", f"str.anchors={folder / 'anchors.safetensors'}"]
+
+
 def test_the_count_of_bad_inputs_is_kept():
     count = int(re.search(r"Covered: (\d+) bad inputs", __doc__).group(1))
-    parametrized = 1  # the negative-or-repeated-ids test covers two inputs
-    assert count == COVERED == len(CASES) + parametrized
+    assert count == COVERED == sum(CASES.values())

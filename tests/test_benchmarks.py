@@ -95,9 +95,20 @@ def test_regularizer_cost(tmp_path):
 def test_str_overhead(tmp_path):
     out = tmp_path / "overhead.json"
     args = ["--seq", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--repeats", "1", "--anchor-length", "16"]
-    benchmark("str_overhead").main([*args, "--variants", "sft", "str anchors (auto pass)", "--out", str(out)])
+    shown = ["sft", "str (default: packed pass)", "full-vocabulary KL"]
+    benchmark("str_overhead").main([*args, "--variants", *shown, "--out", str(out)])
     variants = json.loads(out.read_text())["runs"]["tiny-32k cpu float32"]["variants"]
-    assert set(variants) == {"sft", "str anchors (auto pass)"} and variants["sft"]["ms_per_step"] > 0
+    assert set(variants) == set(shown) and all(v["ms_per_step"] > 0 for v in variants.values())
+
+
+def test_str_profile(tmp_path):
+    out = tmp_path / "profile.json"
+    args = ["--preset", "tiny-32k", "--seq", "32", "--batch", "2", "--steps", "1", "--warmup", "1"]
+    shown = ["sft", "str, separate anchor pass"]
+    results = benchmark("str_profile").main([*args, "--anchor-length", "16", "--variants", *shown, "--out", str(out)])
+    variants = results["runs"]["tiny-32k cpu float32"]["variants"]
+    assert "str: anchor penalty" not in variants["sft"]["regions_ms"]
+    assert {"step: forward", "str: separate pass", "str: anchor penalty"} <= set(variants[shown[1]]["regions_ms"])
 
 
 @pytest.mark.slow

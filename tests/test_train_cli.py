@@ -65,7 +65,7 @@ def test_train_writes_adapter_artifacts_config_and_log(workspace, capsys):
 @pytest.mark.slow
 def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(workspace):
     config = str(workspace / "run.yaml")
-    steps = ["training.max_steps=60", "training.save_steps=10", "training.logging_steps=10"]
+    steps = ["training.max_steps=500", "training.save_steps=10", "training.logging_steps=10"]
     whole = workspace / "out-whole"
     assert cli("train", "--config", config, f"output_dir={whole}", *steps).returncode == 0
 
@@ -239,3 +239,34 @@ def test_train_selects_then_trains_on_the_kept_records_and_reuses_the_scores(wor
     assert summary.stat().st_mtime_ns == written  # scored once; the resumed run reuses the scores
     assert main([*args, f"output_dir={tmp_path / 'x'}", "selection.fraction=1.0"]) == 2
     assert "selection.fraction must be in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_output_dir_stops_while_the_first_holds_it(workspace, tmp_path):
+    """Two real processes: the second stops at once with one line naming the holder; the first finishes whole."""
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "logitguard.cli", "train", "--config", str(workspace / "run.yaml")]
+    first = subprocess.Popen(
+        [*command, f"output_dir={out}", "training.max_steps=500"], stderr=subprocess.PIPE, text=True
+    )
+    lock = tmp_path / ".out.lock"
+    for _ in range(600):  # the first run holds the lock once it has read its inputs
+        if lock.is_file() and f"pid {first.pid}" in lock.read_text():
+            break
+        time.sleep(0.1)
+    fresh = cli("train", "--config", str(workspace / "run.yaml"), f"output_dir={out}", "training.max_steps=500")
+    assert fresh.returncode == 2 and "already holds a run" in fresh.stderr  # a new run: refused by the folder
+    # the same run resumed meanwhile (the config matches): refused by the lock, naming its holder
+    second = cli(
+        "train", "--config", str(workspace / "run.yaml"), f"output_dir={out}", "training.max_steps=500", "--resume"
+    )
+    assert second.returncode == 2, second.stderr[-2000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("logitguard ")]
+    assert len(errors) == 1 and f"being written by another logitguard run (pid {first.pid}" in errors[0]
+    assert first.wait(timeout=600) == 0, first.communicate()[1][-2000:]
+    log = json.loads((out / "train_log.json").read_text())
+    assert max(e["step"] for e in log) == 500 and (out / "adapter" / "adapter_model.safetensors").is_file()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["training"]["max_steps"] == 500  # the first run's config, not the second's

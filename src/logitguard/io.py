@@ -16,15 +16,26 @@ from logitguard.errors import LogitGuardError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path`` only once it is complete."""
+    """Call ``write(tmp_path)`` and rename the result to ``path`` only once it is complete.
+
+    A write that fails (a full disk, a file too large) is one error naming ``path``, whatever the writer raised
+    (``OSError``, or the ``RuntimeError`` of safetensors' and torch's writers), and leaves ``path`` as it was.
+    """
     path = Path(path)
     ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write ({e.strerror}); nothing was replaced", str(path)) from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        raise OSError(getattr(e, "errno", None), f"cannot write ({reason}); nothing was replaced", str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -51,6 +51,14 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def close_progress_bars() -> None:
+    """End any progress bar a failed command left open, so its error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+            bar.close()
+
+
 def describe(error: BaseException) -> str:
     """One line for a bad input: the message, with the path an ``OSError`` names."""
     if isinstance(error, OSError) and error.filename is not None:
@@ -78,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except (LogitGuardError, OSError) as error:
         if debug:
             raise
+        close_progress_bars()
         print(f"logitguard {name}: error: {describe(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:
             raise
+        close_progress_bars()
         print(f"logitguard {name}: interrupted; what it had written completely is kept", file=sys.stderr)
         return 130
 

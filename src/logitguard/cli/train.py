@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides before or after --resume
     config = load_run_config(args.config, args.overrides)
     out = run(config, args.resume)
     print(f"wrote the adapter, STR artifacts, config and training log to {out}")
@@ -355,6 +355,8 @@ def run(config: RunConfig, resume: bool) -> Path:
     device = inputs.training_args.device  # sets up the processes (torchrun / accelerate launch) ...
     state = PartialState()  # ... so that this sees all of them
     with held_by_this_run(out, state):
+        if check_output_dir(config, out, resume) != started:  # another run wrote it meanwhile: decide anew
+            raise LogitGuardError(f"{out} was started by another run while this one read its inputs; rerun")
         set_seed(inputs.training_args.seed)  # LoRA initialisation draws from the global RNG
         model = trained_model(config, device)
         inputs.fingerprints["model"] = base_fingerprint(model)

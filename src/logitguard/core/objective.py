@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from logitguard.core.anchor_cache import AnchorCache, next_tokens
 from logitguard.core.model_access import final_hidden_states, output_rows, reference_mode
@@ -174,17 +175,15 @@ class AnchorTargets:
     Attributes (``T`` target positions of the whole cache, in row order):
         lengths: ``(N,)`` each row's real length.
         start: ``(N + 1,)`` where each row's targets begin in the flat tensors.
-        column: ``(T,)`` each target's position in its row.
         reference: ``(T, k + 2)`` fp32: the reference safety-token logits, log-normaliser and own-next-token logit.
         next_ids: ``(T,)`` the token that follows each target position.
     """
 
     def __init__(self, cache: AnchorCache) -> None:
         mask = cache.target_mask
-        row, column = mask.nonzero(as_tuple=True)
         self.lengths = cache.attention_mask.sum(1)
         self.start = F.pad(mask.sum(1).cumsum(0), (1, 0))
-        self.column = column
+        self._start = self.start.tolist()  # read per step on the host: a list, not tensor scalars
         self.reference = torch.cat(
             [
                 cache.ref_logits[mask],
@@ -194,12 +193,10 @@ class AnchorTargets:
             dim=-1,
         ).float()
         self.next_ids = next_tokens(cache.input_ids)[mask]
-        self.input_ids = cache.input_ids
-        self.row = row
 
     def flat_index(self, rows: Tensor) -> Tensor:
         """``(n,)`` the flat indices of the targets of ``rows``, row by row."""
-        return torch.cat([torch.arange(int(self.start[r]), int(self.start[r + 1])) for r in rows.tolist()])
+        return torch.cat([torch.arange(self._start[r], self._start[r + 1]) for r in rows.tolist()])
 
 
 @dataclass
@@ -406,6 +403,10 @@ class STRObjective:
         Whether the task rows are right-padded (what packing needs) is read from the first batch only: a collator
         pads one way, and reading it costs a host synchronisation.
         """
+        with record_function("str: anchor layout"):
+            return self._forward_inputs(batch, rows)
+
+    def _forward_inputs(self, batch: dict[str, Tensor], rows: AnchorRows | None) -> ForwardInputs:
         input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         if rows is None:
             return ForwardInputs(input_ids, attention_mask, None, labels, None, len(input_ids))
@@ -467,10 +468,12 @@ class STRObjective:
         layout = inputs.layout
         if layout is not None:
             if layout.mode == "separate":
-                states = final_hidden_states(model, layout.separate_ids, layout.separate_mask)
+                with record_function("str: separate pass"):
+                    states = final_hidden_states(model, layout.separate_ids, layout.separate_mask)
             else:
                 states = hidden
-            per_position = anchor_penalty(model, states[layout.row, layout.column], layout, ids, self.config)
+            with record_function("str: anchor penalty"):
+                per_position = anchor_penalty(model, states[layout.row, layout.column], layout, ids, self.config)
             anchor = torch.where(layout.benign, 0.0, per_position).sum()
             benign = torch.where(layout.benign, per_position, 0.0).sum()
         if self.config.uses_task:
@@ -478,7 +481,8 @@ class STRObjective:
             positions = labels[:, 1:] != IGNORE_INDEX
             n_task = labels.shape[0]
             h_sel = hidden[:n_task, : labels.shape[1] - 1][positions]
-            task, conflicts = task_penalty(model, batch, h_sel, positions, ids, self.config)
+            with record_function("str: task reference"):
+                task, conflicts = task_penalty(model, batch, h_sel, positions, ids, self.config)
             task_positions = positions.sum()
         return STRSums(anchor, benign, task, task_positions, conflicts)
 

@@ -26,9 +26,13 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: Messages, add_generation_prompt: bool) -> list[int]:
     check_chat_template(tokenizer)
-    rendered = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
-    )
+    try:
+        rendered = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+        )
+    except Exception as e:  # the template's own raise_exception (Jinja), or an index it reads that is not there
+        message = " ".join(str(e).split()) or type(e).__name__
+        raise LogitGuardError(f"the chat template cannot render this conversation: {message}") from None
     return list(rendered)
 
 
@@ -150,9 +154,30 @@ def record_messages(record: object, where: str) -> Messages:
     for j, m in enumerate(messages):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise LogitGuardError(f"{where}: message {j} needs string 'role' and 'content'")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise LogitGuardError(f"{where}: no assistant message to train on")
+    check_roles([m["role"] for m in messages], where)
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_roles(roles: list[str], where: str) -> None:
+    """A conversation chat templates render: an optional system message first, then user and assistant turns
+    alternating from a user turn, with at least one assistant turn to train on."""
+    for j, role in enumerate(roles):
+        if role not in ROLES:
+            raise LogitGuardError(f"{where}: message {j} has role {role!r}; expected one of {', '.join(ROLES)}")
+    turns = roles[1:] if roles[:1] == ["system"] else roles
+    for j, role in enumerate(turns):
+        expected = "user" if j % 2 == 0 else "assistant"
+        if role != expected:
+            index = j + len(roles) - len(turns)
+            raise LogitGuardError(
+                f"{where}: message {index} is a {role} turn where a {expected} turn belongs (a system message "
+                "first, then user and assistant turns taking turns, from a user turn)"
+            )
+    if "assistant" not in turns:
+        raise LogitGuardError(f"{where}: no assistant message to train on")
 
 
 def iter_chat_jsonl(path: str | Path) -> Iterator[tuple[str, Messages, str]]:
@@ -181,7 +206,10 @@ def encode_limited(
     tokenizer: PreTrainedTokenizerBase, messages: Messages, max_length: int, on_overflow: Overflow, where: str
 ) -> tuple[dict[str, list[int]], bool]:
     """``encode_messages`` within ``max_length``: the example and whether it was truncated (or an error)."""
-    example = encode_messages(tokenizer, messages)
+    try:
+        example = encode_messages(tokenizer, messages)
+    except LogitGuardError as e:
+        raise LogitGuardError(f"{where}: {e}") from None
     truncated = len(example["input_ids"]) > max_length
     if truncated:
         if on_overflow == "error":

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 from transformers import Trainer, TrainerCallback
 
 from logitguard.core.anchor_cache import AnchorCache
@@ -115,7 +116,8 @@ class STRTrainerMixin:
                 "STR needs padded batches with an attention_mask; turn off padding_free/packing in the trainer args"
             )
         objective = self.str_objective
-        rows = self._anchor_rows()
+        with record_function("str: anchor layout"):
+            rows = self._anchor_rows()
         forward = objective.forward_inputs(inputs, rows)
         host_inputs = {key: value for key, value in inputs.items() if key not in ("attention_mask", "position_ids")}
         host_inputs |= forward.model_inputs(self.logits_for_anchor_rows)
