@@ -32,7 +32,7 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 PRESETS = {
@@ -75,6 +75,7 @@ class Settings:
     k: int
     device: str
     dtype: str
+    threads: int | None = None  # CPU threads of torch (None: its default)
 
 
 @dataclass
@@ -219,41 +220,55 @@ class _Vocabulary:
         return {str(i): i for i in range(self.n)}
 
 
-def run_variant(name: str, s: Settings, artifacts: str | None, queue: mp.Queue) -> None:
-    """Train ``s.warmup + s.steps`` steps of one variant; put (mean seconds per step, peak bytes) on ``queue``."""
+def train_steps(trainers: dict, batches: list[dict], s: Settings) -> dict[str, list[float]]:
+    """Each trainer's optimizer steps over ``batches``, round robin (one step of each variant in turn, so every
+    variant meets the same moments of a noisy machine); each step's seconds per variant, warmup steps dropped."""
     import torch
 
-    work = workload(s, artifacts)
-    trainer = make_trainer(name, s, work)
-
-    def sync() -> None:
-        if s.device == "cuda":
-            torch.cuda.synchronize()
-
-    times = []
-    for step, batch in enumerate(work.batches):
-        if step == s.warmup and s.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for step, batch in enumerate(batches):
         num_items = (batch["labels"][:, 1:] != -100).sum()
-        sync()
-        start = time.perf_counter()
-        trainer.training_step(trainer.model, dict(batch), num_items)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        sync()
-        times.append(time.perf_counter() - start)
-        trainer.state.global_step += 1
+        for name, trainer in trainers.items():
+            if s.device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            trainer.training_step(trainer.model, dict(batch), num_items)
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            if s.device == "cuda":
+                torch.cuda.synchronize()
+            if step >= s.warmup:
+                times[name].append(time.perf_counter() - start)
+            trainer.state.global_step += 1
+    return times
+
+
+def run_variants(names: list[str], s: Settings, artifacts: str | None, queue: mp.Queue) -> None:
+    """Train every variant of ``names`` in this process, round robin; put each one's step times on ``queue``, and,
+    for a single variant, its peak memory (so a process measures either paired times or one variant's peak)."""
+    import torch
+
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    trainers, batches = {}, None
+    for name in names:
+        work = workload(s, artifacts)
+        trainers[name], batches = make_trainer(name, s, work), work.batches
+    if s.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = train_steps(trainers, batches, s)
     if s.device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    queue.put((statistics.mean(times[s.warmup :]), peak))
+    queue.put((times, peak))
 
 
-def measure(name: str, s: Settings, artifacts: str | None) -> tuple[float, int]:
+def measure(names: list[str], s: Settings, artifacts: str | None) -> tuple[dict[str, list[float]], int]:
+    """``run_variants`` in a fresh process."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=run_variant, args=(name, s, artifacts, queue))
+    process = context.Process(target=run_variants, args=(names, s, artifacts, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -273,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 steadies small models' timings)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--main", action="store_true", help=f"only the main variants: {', '.join(MAIN)}")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "str_overhead.json")
@@ -282,7 +298,19 @@ def main(argv: list[str] | None = None) -> None:
         print(table(json.loads(a.out.read_text(encoding="utf-8"))))
         return
     batch = a.batch or (16 if a.preset == "toy" else 8)
-    s = Settings(a.preset, a.seq, batch, a.steps, a.warmup, a.anchors_per_step, a.anchor_length, a.k, a.device, a.dtype)
+    s = Settings(
+        a.preset,
+        a.seq,
+        batch,
+        a.steps,
+        a.warmup,
+        a.anchors_per_step,
+        a.anchor_length,
+        a.k,
+        a.device,
+        a.dtype,
+        a.threads,
+    )
     from logitguard.io import write_json
 
     artifacts = str(toy_artifacts()) if a.preset == "toy" else None
@@ -290,14 +318,24 @@ def main(argv: list[str] | None = None) -> None:
     earlier = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"runs": {}}
     device = device_name(a.device)
     variants = MAIN if a.main else a.variants
-    results: dict[str, list[tuple[float, int]]] = {name: [] for name in variants}
+    if "sft" not in variants:
+        variants = ["sft", *variants]
+    times: dict[str, list[list[float]]] = {name: [] for name in variants}
+    peaks: dict[str, list[int]] = {name: [] for name in variants}
     for repeat in range(a.repeats):
-        for name in variants:
-            results[name].append(measure(name, s, artifacts))
-            seconds, peak = results[name][-1]
-            print(f"repeat {repeat} {name}: {1000 * seconds:.0f} ms/step, peak {peak / 2**20:.0f} MiB", flush=True)
-            earlier["runs"][key] = summary(s, a.repeats, results) | device  # a stopped run keeps it
-            write_json(a.out, earlier)
+        if a.device == "cpu":  # every variant in one process, round robin: paired times on a noisy machine
+            round_times, _ = measure(variants, s, artifacts)
+            for name in variants:
+                times[name].append(round_times[name])
+        for name in variants:  # each variant alone: its peak memory (and, on a GPU, its times)
+            alone = replace(s, steps=s.steps if a.device != "cpu" else 2, warmup=min(s.warmup, 1))
+            own_times, peak = measure([name], alone, artifacts)
+            peaks[name].append(peak)
+            if a.device != "cpu":
+                times[name].append(own_times[name])
+        earlier["runs"][key] = summary(s, a.repeats, times, peaks) | device  # a stopped run keeps what it measured
+        write_json(a.out, earlier)
+        print(f"repeat {repeat} done", flush=True)
     print(table(earlier))
 
 
@@ -307,20 +345,35 @@ def device_name(device: str) -> dict:
     return {"device_name": torch.cuda.get_device_name()} if device == "cuda" else {"device_name": "2 CPU cores"}
 
 
-def summary(s: Settings, repeats: int, results: dict[str, list[tuple[float, int]]]) -> dict:
-    """The JSON entry of one preset: medians over the repeats measured so far (each variant lists its own)."""
+def summary(s: Settings, repeats: int, times: dict[str, list[list[float]]], peaks: dict[str, list[int]]) -> dict:
+    """The JSON entry of one preset. Per variant: ms per step (median over repeats of each repeat's mean), its time
+    against SFT's (the median, over every step of every repeat, of its step time over SFT's step of the same round;
+    on a GPU, of each repeat's mean over SFT's), and its peak memory (median over repeats)."""
+    sft = times["sft"]
+    variants = {}
+    for name, runs in times.items():
+        if not runs:
+            continue
+        if s.device == "cpu":
+            ratios = [
+                t / base for run, base_run in zip(runs, sft, strict=True) for t, base in zip(run, base_run, strict=True)
+            ]
+        else:
+            ratios = [statistics.mean(run) / statistics.mean(base) for run, base in zip(runs, sft, strict=True)]
+        variants[name] = {
+            "ms_per_step": 1000 * statistics.median(statistics.mean(run) for run in runs),
+            "time_vs_sft": statistics.median(ratios),
+            "peak_mib": statistics.median(peaks[name]) / 2**20,
+            "repeats": [
+                {"ms_per_step": 1000 * statistics.mean(run), "peak_mib": peak / 2**20}
+                for run, peak in zip(runs, peaks[name], strict=False)
+            ],
+        }
+    timing = "paired: every variant in one process, round robin" if s.device == "cpu" else "each variant alone"
     return {
-        "settings": asdict(s) | {"repeats": repeats, "step_statistic": "mean"} | PRESETS[s.preset],
+        "settings": asdict(s) | {"repeats": repeats, "step_statistic": "mean", "timing": timing} | PRESETS[s.preset],
         "measured": time.strftime("%Y-%m-%d"),
-        "variants": {
-            name: {
-                "ms_per_step": 1000 * statistics.median(t for t, _ in runs),
-                "peak_mib": statistics.median(m for _, m in runs) / 2**20,
-                "repeats": [{"ms_per_step": 1000 * t, "peak_mib": m / 2**20} for t, m in runs],
-            }
-            for name, runs in results.items()
-            if runs
-        },
+        "variants": variants,
     }
 
 
@@ -338,7 +391,10 @@ def table(results: dict) -> str:
         when = f", measured {run['measured']}" if "measured" in run else ""
         lines += [
             f"{key}: {shape}, LoRA r16, k={s['k']}; median over repeats of the {s.get('step_statistic', 'median')} "
-            f"over {s['steps']} steps" + (f" on {run['device_name']}" if "device_name" in run else "") + when,
+            f"over {s['steps']} steps"
+            + (f" on {run['device_name']}" if "device_name" in run else "")
+            + (f", {s['threads']} thread" if s.get("threads") else "")
+            + when,
             *([f"({run['note']})"] if "note" in run else []),
             "",
             "| variant | repeats | ms / step | × SFT time | peak MiB | × SFT peak |",
@@ -346,7 +402,8 @@ def table(results: dict) -> str:
         ]
         base = variants.get("sft")
         for name, v in variants.items():
-            time_ratio = f"{v['ms_per_step'] / base['ms_per_step']:.3f}" if base else "—"
+            ratio = v.get("time_vs_sft", v["ms_per_step"] / base["ms_per_step"] if base else None)
+            time_ratio = f"{ratio:.3f}" if ratio is not None else "—"
             peak_ratio = f"{v['peak_mib'] / base['peak_mib']:.3f}" if base else "—"
             cells = f"{len(v['repeats'])} | {v['ms_per_step']:.0f} | {time_ratio} | {v['peak_mib']:.0f} | {peak_ratio}"
             lines.append(f"| {name} | {cells} |")

@@ -95,7 +95,9 @@ def training_args(output_dir, max_steps: int, **overrides) -> TrainingArguments:
     return TrainingArguments(output_dir=str(output_dir), max_steps=max_steps, **settings)
 
 
-def make_trainer(model, tokenizer, tmp_path, str_config, cache, tokens, data=BENIGN, **args) -> STRTrainer:
+def make_trainer(
+    model, tokenizer, tmp_path, str_config, cache, tokens, data=BENIGN, benign_anchors=None, **args
+) -> STRTrainer:
     return STRTrainer(
         model=model,
         args=training_args(tmp_path / "out", **{"max_steps": 3, "lr_scheduler_type": "constant", "seed": 0, **args}),
@@ -105,6 +107,7 @@ def make_trainer(model, tokenizer, tmp_path, str_config, cache, tokens, data=BEN
         str_config=str_config,
         safety_tokens=tokens,
         anchors=cache,
+        benign_anchors=benign_anchors,
     )
 
 

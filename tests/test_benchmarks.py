@@ -226,7 +226,7 @@ def test_a_real_model_work_folder_belongs_to_the_aligned_model_it_was_prepared_f
     import logitguard.models
 
     monkeypatch.setattr(logitguard.models, "resolve_model", lambda name: f"/cache/merged-{name}")
-    check_work = benchmark("real_smollm2").check_work
+    check_work = benchmark("real_model").check_work
     check_work(tmp_path, "v3")
     check_work(tmp_path, "v3")  # resuming with the same model
     with pytest.raises(SystemExit, match="prepared for merged-v3, not merged-v2; use another --work"):

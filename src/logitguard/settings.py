@@ -66,6 +66,8 @@ class STRSection(STRConfig):
     anchors: str | None = None  # an existing anchor cache; default: build and save one
     harmful: str | None = None  # harmful prompts file for discovery and anchors; default: built-in
     refusals: Literal["generate", "templates"] = "generate"
+    benign_anchors: str | None = None  # two-sided STR: an existing benign anchor cache; default: build and save one
+    lookalike: str | None = None  # safe prompts that sound unsafe, for the benign anchors; default: built-in
 
     def str_config(self) -> STRConfig:
         return STRConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(STRConfig)})

@@ -16,9 +16,9 @@ from typing import NamedTuple
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from logitguard.artifacts.builtin_prompts import BENIGN_PAIRS, HARMFUL_PROMPTS, REJECTION_TEMPLATES
+from logitguard.artifacts.builtin_prompts import BENIGN_PAIRS, HARMFUL_PROMPTS, LOOKALIKE_PROMPTS, REJECTION_TEMPLATES
 from logitguard.artifacts.discovery import discover_safety_tokens
-from logitguard.artifacts.pairs import Source, benign_pairs, refusal_pairs
+from logitguard.artifacts.pairs import Source, benign_pairs, compliant_pairs, refusal_pairs
 from logitguard.artifacts.references import build_anchor_cache
 from logitguard.core.anchor_cache import AnchorCache
 from logitguard.core.safety_tokens import SafetyTokens
@@ -28,6 +28,7 @@ from logitguard.settings import STRSection
 
 TOKENS_FILE = "safety_tokens.json"
 ANCHORS_FILE = "anchors.safetensors"
+BENIGN_ANCHORS_FILE = "benign_anchors.safetensors"
 
 
 class SafetyArtifacts(NamedTuple):
@@ -42,10 +43,14 @@ class SafetyArtifacts(NamedTuple):
 
 @dataclass
 class PreparedArtifacts:
-    """Artifacts loaded or made in memory, and the files the made ones still have to be written to."""
+    """Artifacts loaded or made in memory, and the files the made ones still have to be written to.
+
+    ``benign_anchors`` (two-sided STR): safe prompts that sound unsafe with the aligned model's own answers.
+    """
 
     artifacts: SafetyArtifacts
     unsaved: list[tuple[Path, SafetyTokens | AnchorCache]] = field(default_factory=list)
+    benign_anchors: AnchorCache | None = None
 
     def save(self) -> SafetyArtifacts:
         """Write the made artifacts (atomically); returns them."""
@@ -66,11 +71,15 @@ def prepare_artifacts(
     refusals: Source = "generate",
     templates: Sequence[str] = REJECTION_TEMPLATES,
     k: int | None = 32,
+    benign_anchors_path: str | Path | None = None,
+    lookalike: Sequence[str] = LOOKALIKE_PROMPTS,
 ) -> PreparedArtifacts:
-    """The artifacts at ``tokens_path`` and ``anchors_path``, loaded and checked when the files exist, made in memory
-    from the aligned model when they do not; nothing is written (:meth:`PreparedArtifacts.save` writes them).
+    """The artifacts at ``tokens_path``, ``anchors_path`` and ``benign_anchors_path`` (None: not needed), loaded and
+    checked when the files exist, made in memory from the aligned model when they do not; nothing is written
+    (:meth:`PreparedArtifacts.save` writes them).
 
-    Args: as :func:`safety_artifacts`.
+    Args: as :func:`safety_artifacts`; ``lookalike``: safe prompts that sound unsafe, whose answers (the ones the
+    model gives without a refusal opening) become the benign anchors.
     """
     tokens_path = Path(tokens_path)
     made: list[tuple[str, str]] | None = None
@@ -93,16 +102,24 @@ def prepare_artifacts(
         answers = benign_pairs(model, tokenizer, refusals, benign)
         tokens = discover_safety_tokens(model, tokenizer, refusal_data(), answers, 32 if k is None else k)
         unsaved.append((tokens_path, tokens))
-    if anchors_path is None:
-        return PreparedArtifacts(SafetyArtifacts(tokens, None), unsaved)
-    anchors_path = Path(anchors_path)
-    if anchors_path.is_file():
-        anchors = AnchorCache.load(anchors_path)
-        anchors.check(model, tokens, str(anchors_path))
-    else:
-        anchors = build_anchor_cache(model, tokenizer, refusal_data(), tokens)
-        unsaved.append((anchors_path, anchors))
-    return PreparedArtifacts(SafetyArtifacts(tokens, anchors), unsaved)
+    anchors = benign = None
+    if anchors_path is not None:
+        anchors_path = Path(anchors_path)
+        if anchors_path.is_file():
+            anchors = AnchorCache.load(anchors_path)
+            anchors.check(model, tokens, str(anchors_path))
+        else:
+            anchors = build_anchor_cache(model, tokenizer, refusal_data(), tokens)
+            unsaved.append((anchors_path, anchors))
+    if benign_anchors_path is not None:
+        benign_anchors_path = Path(benign_anchors_path)
+        if benign_anchors_path.is_file():
+            benign = AnchorCache.load(benign_anchors_path)
+            benign.check(model, tokens, str(benign_anchors_path))
+        else:
+            benign = build_anchor_cache(model, tokenizer, compliant_pairs(model, tokenizer, lookalike), tokens)
+            unsaved.append((benign_anchors_path, benign))
+    return PreparedArtifacts(SafetyArtifacts(tokens, anchors), unsaved, benign)
 
 
 def safety_artifacts(
@@ -146,35 +163,50 @@ def safety_artifacts(
     return prepared.save()
 
 
-def section_paths(section: STRSection, out: Path) -> tuple[Path, Path | None]:
-    """Where a run's ``str`` settings take the safety tokens and anchors from (given files, or new ones in ``out``);
-    a given file that does not exist is an error."""
-    for key, value in (("str.tokens", section.tokens), ("str.anchors", section.anchors)):
+def section_paths(section: STRSection, out: Path) -> tuple[Path, Path | None, Path | None]:
+    """Where a run's ``str`` settings take the safety tokens, anchors and benign anchors from (given files, or new
+    ones in ``out``; None when not needed); a given file that does not exist is an error."""
+    keys = (("str.tokens", section.tokens), ("str.anchors", section.anchors))
+    for key, value in (*keys, ("str.benign_anchors", section.benign_anchors)):
         if value and not Path(value).is_file():
             raise FileNotFoundError(f"{key}: no such file {value}")
+    config = section.str_config()
     tokens_path = Path(section.tokens) if section.tokens else out / TOKENS_FILE
-    uses_anchors = section.str_config().uses_anchors
-    anchors_path = (Path(section.anchors) if section.anchors else out / ANCHORS_FILE) if uses_anchors else None
-    return tokens_path, anchors_path
+    anchors_path = (Path(section.anchors) if section.anchors else out / ANCHORS_FILE) if config.uses_anchors else None
+    benign_path = None
+    if config.two_sided:
+        benign_path = Path(section.benign_anchors) if section.benign_anchors else out / BENIGN_ANCHORS_FILE
+    return tokens_path, anchors_path, benign_path
 
 
 def prepare_section_artifacts(
     section: STRSection, model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path
 ) -> PreparedArtifacts:
     """The artifacts a run's ``str`` settings name, loaded, or made in memory for ``out``."""
-    tokens_path, anchors_path = section_paths(section, out)
+    tokens_path, anchors_path, benign_path = section_paths(section, out)
     harmful = read_prompts(section.harmful) if section.harmful else HARMFUL_PROMPTS
+    lookalike = read_prompts(section.lookalike) if section.lookalike else LOOKALIKE_PROMPTS
     return prepare_artifacts(
-        model, tokenizer, tokens_path, anchors_path, harmful=harmful, refusals=section.refusals, k=section.k
+        model,
+        tokenizer,
+        tokens_path,
+        anchors_path,
+        harmful=harmful,
+        refusals=section.refusals,
+        k=section.k,
+        benign_anchors_path=benign_path,
+        lookalike=lookalike,
     )
 
 
 def section_artifacts(
     section: STRSection, model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path
-) -> SafetyArtifacts:
+) -> PreparedArtifacts:
     """The artifacts a run's ``str`` settings name, or new ones saved in ``out``; the main process makes them, the
     others then read them (the framework integrations)."""
     from accelerate import PartialState
 
     with PartialState().main_process_first():
-        return prepare_section_artifacts(section, model, tokenizer, out).save()
+        prepared = prepare_section_artifacts(section, model, tokenizer, out)
+        prepared.save()
+        return prepared

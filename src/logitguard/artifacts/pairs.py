@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from logitguard.artifacts.builtin_prompts import BENIGN_PAIRS, HARMFUL_PROMPTS, REJECTION_TEMPLATES
 from logitguard.errors import LogitGuardError
 from logitguard.evaluation.generation import generate
-from logitguard.evaluation.verdicts import is_refusal, opens_with_refusal
+from logitguard.evaluation.verdicts import is_refusal, judge_response, opens_with_refusal
 
 Source = Literal["generate", "templates"]
 SOURCES = ("generate", "templates")
@@ -61,3 +61,18 @@ def benign_pairs(
     answers = generate(model, tokenizer, prompts, max_new_tokens, desc="benign answers")
     kept = [(p, a) for p, a in zip(prompts, answers, strict=True) if a and not opens_with_refusal(a)]
     return kept or list(pairs)
+
+
+def compliant_pairs(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int = 64
+) -> list[tuple[str, str]]:
+    """(safe prompt, the model's own answer) for every prompt the model answers without a refusal opening: the
+    benign anchors of two-sided STR, what fine-tuning must not turn into refusals."""
+    answers = generate(model, tokenizer, list(prompts), max_new_tokens, desc="benign anchor answers")
+    pairs = [(p, a) for p, a in zip(prompts, answers, strict=True) if a.strip() and judge_response(a) == "compliance"]
+    if not pairs:
+        raise LogitGuardError(
+            f"the model refused or left empty all {len(prompts)} safe look-alike prompts: there is nothing it answers "
+            "that two-sided STR could keep"
+        )
+    return pairs

@@ -119,7 +119,8 @@ def read_inputs(config: RunConfig) -> RunInputs:
     from logitguard.models import load_tokenizer
 
     m, d, s = config.model, config.data, config.str_section
-    files = {"str.tokens": s.tokens, "str.anchors": s.anchors, "str.harmful": s.harmful}
+    files = {"str.tokens": s.tokens, "str.anchors": s.anchors, "str.harmful": s.harmful, "str.lookalike": s.lookalike}
+    files["str.benign_anchors"] = s.benign_anchors
     files = {key: path for key, path in files.items() if s.enabled and path}
     if config.monitor.every_steps and config.monitor.prompts:
         files["monitor.prompts"] = config.monitor.prompts
@@ -129,8 +130,9 @@ def read_inputs(config: RunConfig) -> RunInputs:
     tokenizer = load_tokenizer(m.name_or_path, m.trust_remote_code, m.revision, m.chat_template)
     if s.enabled and s.tokens:  # another tokenizer's artifact is refused before anything is written
         SafetyTokens.load(s.tokens).check_tokenizer(tokenizer, s.tokens)
-    if s.enabled and s.harmful:
-        read_prompts(s.harmful)
+    for prompts in (s.harmful, s.lookalike):
+        if s.enabled and prompts:
+            read_prompts(prompts)
     conversations = load_conversations(config)
     encoded = encode_dataset(tokenizer, conversations, d.max_length, d.on_overflow, d.train)
     monitor_prompts = None
@@ -267,7 +269,7 @@ def selected(config: RunConfig, model, inputs: RunInputs, out: Path, artifacts) 
     return [example for example, kept in zip(inputs.encoded, keep, strict=True) if kept]
 
 
-def make_trainer(config: RunConfig, model, inputs: RunInputs, dataset: list[dict], artifacts):
+def make_trainer(config: RunConfig, model, inputs: RunInputs, dataset: list[dict], prepared):
     """The run's trainer (STR's or plain SFT), with complete-checkpoint marks and the safety monitor."""
     from logitguard.data.chat import collate
     from logitguard.hosts.builder import build_trainer
@@ -275,6 +277,7 @@ def make_trainer(config: RunConfig, model, inputs: RunInputs, dataset: list[dict
     from logitguard.hosts.monitor import SafetyMonitor
 
     tokenizer, section = inputs.tokenizer, config.str_section
+    artifacts = prepared.artifacts if prepared is not None else None
     trainer = build_trainer(
         "str" if section.enabled else "sft",
         model=model,
@@ -286,6 +289,7 @@ def make_trainer(config: RunConfig, model, inputs: RunInputs, dataset: list[dict
         str_config=section.str_config() if section.enabled else None,
         tokens=artifacts.tokens if artifacts is not None else None,
         anchors=artifacts.anchors if artifacts is not None else None,
+        benign_anchors=prepared.benign_anchors if prepared is not None else None,
     )
     if inputs.monitor_prompts is not None:
         mon = config.monitor
@@ -369,7 +373,7 @@ def run(config: RunConfig, resume: bool) -> Path:
                 write_start(config, out, inputs.fingerprints, prepared)
         artifacts = prepared.artifacts if prepared is not None else None
         dataset = selected(config, model, inputs, out, artifacts) if config.selection.enabled else inputs.encoded
-        trainer = make_trainer(config, model, inputs, dataset, artifacts)
+        trainer = make_trainer(config, model, inputs, dataset, prepared)
         train_resumably(trainer, resume)
         write_result(config, trainer, inputs.tokenizer, out)
     return out

@@ -46,7 +46,7 @@ def metric_columns(keys: Sequence[str], **labels: str) -> dict[str, tuple[str, b
 
 
 def safety_rates(
-    harmful: Iterable[Verdict], benign: Iterable[Verdict] = (), lookalike: Iterable[Verdict] = ()
+    harmful: Iterable[Verdict] = (), benign: Iterable[Verdict] = (), lookalike: Iterable[Verdict] = ()
 ) -> dict[str, float]:
     """The safety metrics of one model from the verdicts on its answers, each reading that flatters no one:
     ``harmful_refusal`` counts refusals that end, ``harmful_refusal_opening`` every answer that opens with a

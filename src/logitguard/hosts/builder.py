@@ -61,11 +61,12 @@ def build_trainer(
     str_config: STRConfig | None = None,
     tokens: SafetyTokens | None = None,
     anchors: AnchorCache | None = None,
+    benign_anchors: AnchorCache | None = None,
 ) -> Trainer:
     """The trainer of ``method`` (a :data:`TRAINING_METHODS` name) on ``train_dataset`` (encoded examples).
 
-    STR takes ``str_config``, the safety ``tokens`` and the ``anchors``; a method's ``prepare`` step runs here, on
-    the model before any update.
+    STR takes ``str_config``, the safety ``tokens``, the ``anchors`` and (two-sided) the ``benign_anchors``; a
+    method's ``prepare`` step runs here, on the model before any update.
     """
     if method not in TRAINING_METHODS:
         raise LogitGuardError(f"unknown training method {method!r}; choose one of {sorted(TRAINING_METHODS)}")
@@ -84,4 +85,6 @@ def build_trainer(
         return spec.trainer(**common)
     if str_config is None or tokens is None:
         raise LogitGuardError(f"method {method!r} needs STR's settings and safety tokens")
-    return spec.trainer(**common, str_config=str_config, safety_tokens=tokens, anchors=anchors)
+    return spec.trainer(
+        **common, str_config=str_config, safety_tokens=tokens, anchors=anchors, benign_anchors=benign_anchors
+    )

@@ -33,8 +33,16 @@ def str_host_trainer(host: type, section: STRSection) -> type:
                 raise LogitGuardError(f"LogitGuard STR in {host.__name__} needs the tokenizer (processing_class)")
             training_args = kwargs["args"] if "args" in kwargs else args[1]
             out = Path(training_args.output_dir)
-            tokens, anchors = section_artifacts(section, model, tokenizer, out)
-            super().__init__(*args, str_config=section.str_config(), safety_tokens=tokens, anchors=anchors, **kwargs)
+            prepared = section_artifacts(section, model, tokenizer, out)
+            tokens, anchors = prepared.artifacts
+            super().__init__(
+                *args,
+                str_config=section.str_config(),
+                safety_tokens=tokens,
+                anchors=anchors,
+                benign_anchors=prepared.benign_anchors,
+                **kwargs,
+            )
             announce(self, section, out, tokens, anchors)
 
     STRHostTrainer.__name__ = STRHostTrainer.__qualname__ = f"STR{host.__name__}"

@@ -159,30 +159,67 @@ GSM8K_COLUMNS = metric_columns(
 )
 
 
+@dataclass(frozen=True)
+class RealDemo:
+    """How the demo runs a real model: its held-out evaluation, its step budget, and whether STR is two-sided."""
+
+    evaluation: str = "safety-tuned-llamas"
+    steps: int = 80
+    two_sided: bool = False
+
+
+REAL_DEMOS = {  # the benchmarks' settings (benchmarks/real_qwen.py, benchmarks/real_smollm2.py)
+    "qwen2.5-coder-0.5b": RealDemo("public-held-out", 40, two_sided=True),
+    "qwen2.5-coder-1.5b": RealDemo("public-held-out", 40, two_sided=True),
+}
+
+
 def run_real_demo(model: str, data_root: Path, out: Path, steps: int | None = None, seed: int = 0) -> dict:
     """The demo on a real aligned chat model: SFT and SFT + STR on GSM8K from the same seed (one run each), for
-    ``steps`` steps (default: the benchmark's budget, ``real_setting.STEPS``).
+    ``steps`` steps (default: the benchmark's budget for that model, :data:`REAL_DEMOS`).
 
-    STR's artifacts come from the model's own refusals to the built-in harmful prompts; the refusal curve is
-    measured every 10 steps on held-out harmful prompts. Writes what :func:`run_demo` writes.
+    STR's artifacts come from the model's own refusals to the built-in harmful prompts and, two-sided (the Qwen
+    models), its own answers to 128 safe look-alikes of the training side of the public over-refusal sets; the
+    refusal curve is measured every 10 steps on held-out harmful prompts. Writes what :func:`run_demo` writes.
     """
-    from logitguard.lab.gsm8k import N_TRAIN, STEPS, GSM8KSetting, finetune_config
+    from logitguard.artifacts import BENIGN_ANCHORS_FILE, prepare_artifacts
+    from logitguard.lab.gsm8k import N_TRAIN, GSM8KSetting, finetune_config
+    from logitguard.lab.public_data import lookalike_training_prompts
 
+    demo = REAL_DEMOS.get(model, RealDemo())
     ensure_writable_dir(out)
     started = time.perf_counter()
-    setting = GSM8KSetting(data_root, model=model, progress=True)
+    setting = GSM8KSetting(data_root, model=model, evaluation=demo.evaluation, progress=True)
     aligned_model = setting.load_aligned()
     aligned = {"metrics": setting.evaluate(aligned_model), "samples": setting.samples(aligned_model)}
-    tokens, anchors = safety_artifacts(aligned_model, setting.tokenizer, out / TOKENS_FILE, out / ANCHORS_FILE)
+    benign_path = out / BENIGN_ANCHORS_FILE if demo.two_sided else None
+    lookalike = lookalike_training_prompts(data_root) if demo.two_sided else ()
+    prepared = prepare_artifacts(
+        aligned_model,
+        setting.tokenizer,
+        out / TOKENS_FILE,
+        out / ANCHORS_FILE,
+        benign_anchors_path=benign_path,
+        lookalike=lookalike,
+    )
+    tokens, anchors = prepared.save()
     del aligned_model
-    tune = finetune_config(seed, steps or STEPS)
+    tune = finetune_config(seed, steps or demo.steps)
     data = setting.benign_data(N_TRAIN, seed)
-    str_config = STRConfig()
-    results = {
-        "aligned": aligned,
-        "sft": finetune(setting, tune, data, out / "sft"),
-        "str": finetune(setting, tune, data, out / "str", "str", str_config=str_config, tokens=tokens, anchors=anchors),
-    }
+    str_config = STRConfig(benign_anchors_per_step=8 if demo.two_sided else 0)
+    name = "two-sided str" if demo.two_sided else "str"
+    str_run = finetune(
+        setting,
+        tune,
+        data,
+        out / "str",
+        "str",
+        str_config=str_config,
+        tokens=tokens,
+        anchors=anchors,
+        benign_anchors=prepared.benign_anchors,
+    )
+    results = {"aligned": aligned, "sft": finetune(setting, tune, data, out / "sft"), name: str_run}
     summary = {
         "config": {
             "model": model,
@@ -196,6 +233,7 @@ def run_real_demo(model: str, data_root: Path, out: Path, steps: int | None = No
         "samples": {name: r["samples"] for name, r in results.items()},
         "safety_tokens": tokens.tokens,
         "anchors": len(anchors),
+        "benign_anchors": len(prepared.benign_anchors) if prepared.benign_anchors is not None else 0,
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_demo_outputs(summary, out, f"{model} on GSM8K", GSM8K_COLUMNS)

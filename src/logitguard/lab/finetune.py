@@ -122,16 +122,17 @@ def finetune(
     str_config: STRConfig | None = None,
     tokens: SafetyTokens | None = None,
     anchors: AnchorCache | None = None,
+    benign_anchors: AnchorCache | None = None,
     model: nn.Module | None = None,
     progress: bool = True,
 ) -> dict:
     """Fine-tune a fresh LoRA adapter on ``examples`` with ``method`` (a
     :data:`~logitguard.hosts.builder.TRAINING_METHODS` name); evaluate it and save it into ``out``.
 
-    STR takes ``str_config`` and the safety ``tokens`` and ``anchors``. ``model`` is the fresh LoRA model when the
-    caller made it already (selection scores it before training). Returns ``metrics`` (the setting's evaluation
-    plus ``step_time_ms``), the refusal ``curve`` and ``samples``; writes ``out/adapter`` and
-    ``out/history.json`` (the Trainer's log).
+    STR takes ``str_config`` and the safety ``tokens``, ``anchors`` and (two-sided) ``benign_anchors``. ``model``
+    is the fresh LoRA model when the caller made it already (selection scores it before training). Returns
+    ``metrics`` (the setting's evaluation plus ``step_time_ms``), the refusal ``curve`` and ``samples``; writes
+    ``out/adapter`` and ``out/history.json`` (the Trainer's log).
     """
     if not examples:
         raise LogitGuardError("no fine-tuning examples")
@@ -153,6 +154,7 @@ def finetune(
         str_config=str_config,
         tokens=tokens,
         anchors=anchors,
+        benign_anchors=benign_anchors,
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)  # no per-log prints either

@@ -14,6 +14,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -22,8 +23,17 @@ from transformers import PreTrainedTokenizerBase
 from logitguard.core.model_access import eval_mode
 from logitguard.data.chat import collate, encode_chat
 from logitguard.evaluation.generation import generate
-from logitguard.evaluation.verdicts import judge_response, refusal_rates
-from logitguard.lab.public_data import evaluation_prompts, gsm8k, gsm8k_number, safety_tuning_pairs
+from logitguard.evaluation.metrics import safety_rates
+from logitguard.evaluation.verdicts import judge_response
+from logitguard.lab.public_data import (
+    HARMFUL_PROMPT_SETS,
+    LOOKALIKE_SETS,
+    evaluation_prompts,
+    gsm8k,
+    gsm8k_number,
+    safety_tuning_pairs,
+    split_prompts,
+)
 from logitguard.models.loading import load_model, load_tokenizer
 
 Pairs = list[tuple[str, str]]
@@ -32,6 +42,46 @@ N_TRAIN = 320  # short GSM8K training problems of a fine-tuning run
 STEPS = 80  # two epochs at batch 8: the budget at which plain SFT erodes refusal by >= 30 points (40 steps: 20)
 HARMFUL_EVAL_SETS = ("I-MaliciousInstructions", "I-CoNa")  # half of the harmful prompts from each
 SAFE_EVAL_SETS = ("I-PhysicalSafetySafe", "I-Alpaca")  # half of the over-refusal prompts from each
+Kind = Literal["harmful", "lookalike", "benign"]
+RATE_OF = {"harmful": "harmful_refusal", "lookalike": "lookalike_over_refusal", "benign": "benign_over_refusal"}
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A held-out evaluation set: its name, what it measures, and its prompts."""
+
+    name: str
+    kind: Kind
+    prompts: list[str]
+
+
+def safety_tuned_llamas_sets(root: Path, n: int = 100) -> list[EvalSet]:
+    """SmolLM2's evaluation: ``n`` harmful prompts, half from I-MaliciousInstructions and half from I-CoNa, and ``n``
+    safe and benign ones, half from I-PhysicalSafetySafe and half from I-Alpaca (over-refusal on both together)."""
+    half = n // 2
+    sets = []
+    for kind, names in (("harmful", HARMFUL_EVAL_SETS), ("benign", SAFE_EVAL_SETS)):
+        first, second = (evaluation_prompts(root, name) for name in names)
+        sets += [EvalSet(names[0], kind, first[:half]), EvalSet(names[1], kind, second[: n - half])]
+    return sets
+
+
+def public_held_out_sets(root: Path, per_harmful_set: int = 20, per_lookalike_set: int = 50) -> list[EvalSet]:
+    """The held-out side (:func:`~logitguard.lab.public_data.held_out`) of every harmful-prompt set (CatQA, HarmfulQA,
+    Do-Not-Answer, HarmBench, StrongREJECT: ``per_harmful_set`` each), of the look-alike sets (OR-Bench-Hard,
+    CoCoNot's contrast set: ``per_lookalike_set`` each), and Safety-Tuned LLaMAs' I-Alpaca (50 ordinary requests)."""
+    sets = [
+        EvalSet(name, "harmful", split_prompts(root, "harmful-prompts", name, True)[:per_harmful_set])
+        for name in HARMFUL_PROMPT_SETS
+    ]
+    sets += [
+        EvalSet(name, "lookalike", split_prompts(root, "over-refusal", name, True)[:per_lookalike_set])
+        for name in LOOKALIKE_SETS
+    ]
+    return [*sets, EvalSet("I-Alpaca", "benign", evaluation_prompts(root, "I-Alpaca")[:50])]
+
+
+EVALUATIONS = {"safety-tuned-llamas": safety_tuned_llamas_sets, "public-held-out": public_held_out_sets}
 
 
 def finetune_config(seed: int = 0, steps: int = STEPS):
@@ -78,7 +128,9 @@ class GSM8KSetting:
     Attributes:
         data_root: the public data folder.
         model: the aligned model (a built-in name, a folder, a .gguf file).
-        n_eval: prompts per safety split (harmful, benign).
+        evaluation: the held-out sets that judge it (:data:`EVALUATIONS`): Safety-Tuned LLaMAs' (SmolLM2's), or the
+            held-out side of the public harmful and look-alike sets (Qwen's).
+        n_eval: prompts per safety split (harmful, benign) of the Safety-Tuned LLaMAs evaluation.
         n_task: GSM8K test problems answered by generation (accuracy and format).
         n_nll: GSM8K test problems whose gold answers are scored by NLL.
         max_train_tokens: GSM8K training problems longer than this (prompt + answer) are left out.
@@ -87,6 +139,7 @@ class GSM8KSetting:
 
     data_root: Path
     model: str = "smollm2-135m-safe"
+    evaluation: str = "safety-tuned-llamas"  # which held-out sets judge it (EVALUATIONS)
     n_eval: int = 100
     n_task: int = 50
     n_nll: int = 100
@@ -110,43 +163,46 @@ class GSM8KSetting:
 
     # --- evaluation: held out from every training and anchor set -----------------------------------------------
 
-    def harmful_prompts(self) -> list[str]:
-        return self._halves(HARMFUL_EVAL_SETS)
+    def eval_sets(self) -> list[EvalSet]:
+        """The held-out sets this setting is judged on."""
+        if self.evaluation == "safety-tuned-llamas":
+            return safety_tuned_llamas_sets(self.data_root, self.n_eval)
+        return EVALUATIONS[self.evaluation](self.data_root)
 
-    def benign_prompts(self) -> list[str]:
-        return self._halves(SAFE_EVAL_SETS)
-
-    def _halves(self, sets: tuple[str, str]) -> list[str]:
-        """``n_eval`` prompts: the first half of them from the first set, the rest from the second."""
-        half = self.n_eval // 2
-        first, second = (evaluation_prompts(self.data_root, name) for name in sets)
-        return first[:half] + second[: self.n_eval - half]
+    def prompts(self, kind: Kind) -> list[str]:
+        return [p for s in self.eval_sets() if s.kind == kind for p in s.prompts]
 
     @property
     def monitor_prompts(self) -> list[str]:
         return evaluation_prompts(self.data_root, "I-MaliciousInstructions")[-self.n_monitor :]
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Harmful refusal (whole answers), over-refusal, and GSM8K test NLL, accuracy and format rate."""
-        tokenizer = self.tokenizer
-        harmful = refusal_rates(
-            generate(model, tokenizer, self.harmful_prompts(), self.harmful_tokens, 32, self.desc("harmful"))
-        )
-        benign = refusal_rates(
-            generate(model, tokenizer, self.benign_prompts(), self.benign_tokens, 32, self.desc("benign"))
-        )
+        """Harmful refusal (whole answers) and over-refusal, pooled by kind and set by set (``KIND_RATE/SET`` when a
+        kind has several sets), and GSM8K test NLL, accuracy and format rate."""
+        verdicts: dict[str, list] = {"harmful": [], "lookalike": [], "benign": []}
+        per_set = {}
+        sets = self.eval_sets()
+        for s in sets:
+            tokens = self.harmful_tokens if s.kind == "harmful" else self.benign_tokens
+            answers = generate(model, self.tokenizer, s.prompts, tokens, 32, self.desc(s.name))
+            found = [judge_response(a) for a in answers]
+            verdicts[s.kind] += found
+            if sum(other.kind == s.kind for other in sets) > 1:
+                rates = safety_rates(**{s.kind: found})
+                per_set[f"{RATE_OF[s.kind]}/{s.name}"] = rates[RATE_OF[s.kind]]
+        metrics = safety_rates(**verdicts)
+        metrics.pop("refusal_then_compliance", None)
         test = gsm8k(self.data_root, "test")
         questions = [q for q, _ in test[: self.n_task]]
-        answers = generate(model, tokenizer, questions, self.task_tokens, 25, self.desc("GSM8K test"))
+        answers = generate(model, self.tokenizer, questions, self.task_tokens, 25, self.desc("GSM8K test"))
         numbers = [gsm8k_number(a) for a in answers]
         gold = [gsm8k_number(a) for _, a in test[: self.n_task]]
         return {
-            "harmful_refusal": harmful["refusal"],
-            "harmful_refusal_opening": harmful["refusal_opening"],
-            "benign_over_refusal": benign["refusal_opening"],
+            **metrics,
+            **per_set,
             "task_accuracy": statistics.mean(n is not None and n == g for n, g in zip(numbers, gold, strict=True)),
             "task_format": statistics.mean(n is not None for n in numbers),
-            "task_nll": answer_nll(model, tokenizer, test[: self.n_nll]),
+            "task_nll": answer_nll(model, self.tokenizer, test[: self.n_nll]),
         }
 
     def desc(self, name: str) -> str | None:
@@ -154,7 +210,8 @@ class GSM8KSetting:
         return f"evaluating: {name}" if self.progress else None
 
     def samples(self, model: nn.Module) -> list[dict]:
-        rows = [("harmful", p) for p in self.harmful_prompts()[:2]] + [("benign", self.benign_prompts()[0])]
+        safe = self.prompts("lookalike") or self.prompts("benign")
+        rows = [("harmful", p) for p in self.prompts("harmful")[:2]] + [("safe", safe[0])]
         rows.append(("task", gsm8k(self.data_root, "test")[0][0]))
         responses = generate(model, self.tokenizer, [p for _, p in rows], self.harmful_tokens, 8, None)
         return [{"kind": k, "prompt": p, "response": r} for (k, p), r in zip(rows, responses, strict=True)]
