@@ -40,6 +40,7 @@ class RealBenchmark:
         many_prompts: ``(data root, setting) -> prompts`` of the "many phrasings" anchor set.
         lookalike_prompts: ``data root -> prompts`` whose answers are the benign anchors (two-sided STR); None: none.
         results: the results JSON.
+        n_task: GSM8K test problems answered by generation for accuracy and format.
     """
 
     module: str
@@ -51,11 +52,12 @@ class RealBenchmark:
     many_prompts: Callable
     lookalike_prompts: Callable | None
     results: Path
+    n_task: int = 50  # GSM8K test problems answered by generation (the costliest part of an evaluation)
 
     def setting(self, data_root: Path, model: str, progress: bool = False):
         from logitguard.lab.gsm8k import GSM8KSetting
 
-        return GSM8KSetting(data_root, model, evaluation=self.evaluation, progress=progress)
+        return GSM8KSetting(data_root, model, evaluation=self.evaluation, n_task=self.n_task, progress=progress)
 
 
 def check_work(work: Path, model: str) -> None:

@@ -15,7 +15,7 @@ mixes in 5% harmful requests answered compliantly (by the unaligned SmolLM2-135M
 every training and anchor set by a hash of their text (``logitguard.lab.public_data.held_out``): harmful refusal on
 20 prompts from each of CatQA, HarmfulQA, Do-Not-Answer, HarmBench and StrongREJECT; over-refusal on 50 safe
 look-alikes from each of OR-Bench-Hard-1K and CoCoNot's contrast set, and separately on the 50 ordinary requests of
-I-Alpaca; the task as GSM8K test answer NLL (100 problems), accuracy and format (50). Every set's rate is in the
+I-Alpaca; the task as GSM8K test answer NLL (100 problems), accuracy and format (20). Every set's rate is in the
 rows under its own key (``harmful_refusal/catqa_en``, ...). STR's anchors: the aligned model's own refusals to
 LogitGuard's 32 built-in harmful prompts (the default) or to 256 prompts of the training side of the five harmful
 sets ("many phrasings"); two-sided STR adds benign anchors: its own answers (those without a refusal opening) to 128
@@ -74,6 +74,7 @@ BENCHMARK = RealBenchmark(
     many_prompts=many_prompts,
     lookalike_prompts=lookalike_prompts,
     results=ROOT / "benchmarks" / "results" / "real_qwen.json",
+    n_task=20,  # 192-token answers from a 0.5B model are the slowest part of an evaluation on a CPU
 )
 
 

@@ -1,10 +1,11 @@
 """Regenerate every table of the documentation from the results JSON, so no number in the docs drifts from them.
 
-Run: python -m benchmarks.tables            (rewrite the tables in README.md, benchmarks/README.md and docs/*.md)
+Run: python -m benchmarks.tables            (rewrite the tables in README.md, benchmarks/ and docs/*.md)
      python -m benchmarks.tables --check    (exit 1 if a table differs from its JSON; a test runs this)
 
 A table is a block ``<!-- table: KIND [ARGS] -->`` ... ``<!-- /table -->``; KIND is ``methods FILE SCENARIO
-[rows=NAME|NAME...]`` (the toy's methods.json or str_settings.json, optionally only the rows named),
+[costs=off] [rows=NAME|NAME...]`` (the toy's methods.json or str_settings.json, optionally without the time and
+memory columns and only the rows named),
 ``real FILE SCENARIO [rows=...]`` (real_smollm2.json), ``qwen FILE SCENARIO [rows=...]`` (real_qwen.json), or the
 name of a benchmark with a ``table`` function of its own results JSON (``KIND.json``, or ``KIND FILE``):
 ``str_overhead``, ``regularizer_cost``, ``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``,
@@ -22,7 +23,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "benchmarks" / "README.md",
+    ROOT / "benchmarks" / "CHANGELOG.md",
+    *sorted((ROOT / "benchmarks" / "docs").glob("*.md")),
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 
 
@@ -40,8 +47,11 @@ def render(spec: str) -> str:
         from benchmarks.harness import scenario_table
 
         module = importlib.import_module(f"benchmarks.{BENCHMARK_OF[kind]}")
-        rows = args[2].removeprefix("rows=").split("|") if len(args) > 2 else None
-        return scenario_table(results, module.ROWS, module.METRICS, args[1], rows, module.COSTS)
+        rest = args[2] if len(args) > 2 else ""
+        costs = module.COSTS and not rest.startswith("costs=off")
+        rest = rest.removeprefix("costs=off").strip()
+        rows = rest.removeprefix("rows=").split("|") if rest else None
+        return scenario_table(results, module.ROWS, module.METRICS, args[1], rows, costs)
     module = importlib.import_module(f"benchmarks.{kind}")
     return module.table(json.loads(results.read_text(encoding="utf-8")))
 

@@ -196,6 +196,21 @@ def test_there_are_example_configs():
     assert len(CONFIGS) >= 3
 
 
+@pytest.mark.parametrize(
+    ("name", "engine", "key", "value"),
+    [("fsdp2.yaml", "FSDP", "fsdp_version", 2), ("deepspeed_zero3.yaml", "DEEPSPEED", "zero_stage", 3)],
+)
+def test_the_launch_configs_name_their_engine_and_the_run_config_they_launch(name, engine, key, value):
+    path = Path(__file__).parents[1] / "configs" / "accelerate" / name
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(f"# accelerate launch --config_file configs/accelerate/{name} -m logitguard.cli train")
+    launched = Path(__file__).parents[1] / first.split("--config ")[-1]
+    assert launched in CONFIGS
+    config = yaml.safe_load(path.read_text())
+    assert config["distributed_type"] == engine and not config["use_cpu"]
+    assert config[f"{engine.lower()}_config" if engine == "FSDP" else "deepspeed_config"][key] == value
+
+
 def test_qlora_trains_where_a_gpu_and_bitsandbytes_exist_and_says_so_elsewhere(workspace, tmp_path, capsys):
     args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={tmp_path / 'out'}"]
     args += ["model.load_in_4bit=true", "training.use_cpu=false"]

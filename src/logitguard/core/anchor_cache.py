@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from logitguard.core.model_access import model_fingerprint, output_rows
+from logitguard.core.model_access import model_fingerprint, vocab_size
 from logitguard.core.safety_tokens import SafetyTokens
 from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_write
@@ -66,7 +66,7 @@ class AnchorCache:
         """Raise if this cache belongs to other safety tokens or another model, or holds ids outside its vocabulary."""
         if self.token_ids.tolist() != safety_tokens.ids:
             raise LogitGuardError(f"{source} was built for other safety tokens; rebuild it with the current artifact")
-        vocab = output_rows(model)[0].shape[0]
+        vocab = vocab_size(model)
         if int(self.input_ids.max()) >= vocab:
             raise LogitGuardError(
                 f"{source}: token id {int(self.input_ids.max())} is outside the model's {vocab} tokens"

@@ -86,6 +86,43 @@ def head_on_first_rows(model: nn.Module, rows: int) -> Iterator[None]:
         )
 
 
+def vocab_size(model: nn.Module) -> int:
+    """Rows of the model's output layer (read from the module, so a sharded or partitioned weight does not hide it)."""
+    head = unwrap(model).get_output_embeddings()
+    return getattr(head, "out_features", None) or head.weight.shape[0]
+
+
+@contextmanager
+def head_available(model: nn.Module) -> Iterator[None]:
+    """Inside the block, the LM head's weight is whole where STR reads its rows, whatever engine shards the model.
+
+    * Plain, DDP: it always is.
+    * FSDP2 (``fully_shard``) and FSDP1: the LM head belongs to the root unit (as Accelerate's auto-wrap leaves it),
+      which stays unsharded from its forward to the end of its backward, when STR reads it. A head resharded after
+      the forward (a unit of its own) reads as a ``DTensor`` shard: refused, never used as if it were the head.
+    * DeepSpeed ZeRO-3: the partitioned weight is gathered for the block (``GatheredParameters``, read only): a
+      frozen head (LoRA) is read whole; a trained one would miss STR's gradient, so that is refused.
+    """
+    weight = unwrap(model).get_output_embeddings().weight
+    if type(weight).__name__ == "DTensor":
+        raise LogitGuardError(
+            "the LM head is a sharded DTensor where STR reads it (after the forward pass): leave lm_head in the root "
+            "FSDP unit (fully_shard each decoder layer, then the whole model), as Accelerate's FSDP2 auto-wrap does"
+        )
+    if getattr(weight, "ds_id", None) is None:
+        yield
+        return
+    if weight.requires_grad:
+        raise LogitGuardError(
+            "STR with a trained LM head under DeepSpeed ZeRO-3 is not supported (its gradient would miss the "
+            "partitioned head); use LoRA (the head stays frozen) or ZeRO-2"
+        )
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+        yield
+
+
 def output_rows(model: nn.Module, ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Rows ``ids`` of the output embedding (all rows if None) and of its bias, if any."""
     head = unwrap(model).get_output_embeddings()

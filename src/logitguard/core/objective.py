@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from logitguard.core.anchor_cache import AnchorCache, next_tokens
-from logitguard.core.model_access import final_hidden_states, output_rows, reference_mode
+from logitguard.core.model_access import final_hidden_states, head_available, output_rows, reference_mode
 from logitguard.core.packing import is_right_padded, pack, packed_index, packed_position_ids, plan_packing
 from logitguard.core.penalties import (
     Penalty,
@@ -453,7 +453,7 @@ class STRObjective:
         )
 
     def penalties(self, model: nn.Module, hidden: Tensor, batch: dict[str, Tensor], inputs: ForwardInputs) -> STRSums:
-        """The STR sums of one forward pass.
+        """The STR sums of one forward pass (the LM head's rows read whole: :func:`head_available`).
 
         Args:
             model: the model being trained (a PEFT model for the task reference; not a DDP/FSDP wrapper).
@@ -461,6 +461,10 @@ class STRObjective:
             batch: the task rows ``input_ids``/``attention_mask``/``labels`` ``(B, L)``.
             inputs: what :meth:`forward_inputs` returned for this pass.
         """
+        with head_available(model):
+            return self._penalties(model, hidden, batch, inputs)
+
+    def _penalties(self, model: nn.Module, hidden: Tensor, batch: dict[str, Tensor], inputs: ForwardInputs) -> STRSums:
         device = hidden.device
         ids = self._device_ids.setdefault(device, self.ids.to(device))
         zero = hidden.new_zeros((), dtype=torch.float32)

@@ -17,6 +17,7 @@ import torch
 from logitguard.data.chat import chat_messages
 from logitguard.errors import LogitGuardError
 from logitguard.evaluation.verdicts import Verdict, judge_response
+from logitguard.models.loading import load_model, load_tokenizer
 
 
 class Judge(Protocol):
@@ -50,8 +51,6 @@ class GuardModelJudge:
     """A Llama-Guard-style classifier: its chat template turns the exchange into a safety question."""
 
     def __init__(self, name_or_path: str, device: str | None = None, trust_remote_code: bool = False) -> None:
-        from logitguard.models.loading import load_model, load_tokenizer
-
         self.name = name_or_path
         self.tokenizer = load_tokenizer(name_or_path, trust_remote_code)
         self.model = load_model(

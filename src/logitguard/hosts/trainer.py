@@ -33,7 +33,7 @@ from torch.profiler import record_function
 from transformers import Trainer, TrainerCallback
 
 from logitguard.core.anchor_cache import AnchorCache
-from logitguard.core.model_access import captured_hidden_states, head_on_first_rows, output_rows
+from logitguard.core.model_access import captured_hidden_states, head_on_first_rows, vocab_size
 from logitguard.core.objective import AnchorRows, STRConfig, STRObjective
 from logitguard.core.safety_tokens import SafetyTokens, check_vocabulary
 from logitguard.data.chat import IGNORE_INDEX
@@ -84,7 +84,7 @@ class STRTrainerMixin:
         super().__init__(*args, **kwargs)
         if self.processing_class is not None and hasattr(self.processing_class, "get_vocab"):
             safety_tokens.check_tokenizer(self.processing_class)
-        check_vocabulary(safety_tokens, output_rows(self.model)[0].shape[0])
+        check_vocabulary(safety_tokens, vocab_size(self.model))
         if str_config.uses_anchors and anchors is not None:
             anchors.check(self.model, safety_tokens)
         if str_config.two_sided and benign_anchors is not None:

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from logitguard.artifacts import section_artifacts
 from logitguard.errors import LogitGuardError
 from logitguard.hosts.trainer import STRTrainerMixin
+from logitguard.io import write_json
 from logitguard.settings import STRSection
 
 MARKER = "logitguard_str.json"
@@ -25,8 +27,6 @@ def str_host_trainer(host: type, section: STRSection) -> type:
 
     class STRHostTrainer(STRTrainerMixin, host):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            from logitguard.artifacts import section_artifacts
-
             model = kwargs["model"] if "model" in kwargs else args[0]
             tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
             if tokenizer is None:
@@ -51,8 +51,6 @@ def str_host_trainer(host: type, section: STRSection) -> type:
 
 def announce(trainer: Any, section: STRSection, out: Path, tokens: Any, anchors: Any) -> None:
     """A banner on stderr and the marker file: STR is active, with which settings and artifacts."""
-    from logitguard.io import write_json
-
     config = section.str_config()
     n_anchors = len(anchors) if anchors is not None else 0
     banner = (

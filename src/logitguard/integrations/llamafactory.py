@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from logitguard.errors import LogitGuardError
+from logitguard.integrations.host import str_host_trainer
+from logitguard.io import read_text
 from logitguard.settings import STRSection, build_section, read_yaml_mapping
 
 
 def split_config(path: Path) -> tuple[dict[str, Any], STRSection]:
     """The LLaMA-Factory config without its ``logitguard:`` block, and that block as STR settings (file/line errors)."""
-    from logitguard.io import read_text
-
     config, lines = read_yaml_mapping(read_text(path), path, "a LLaMA-Factory config is a mapping")
     if "logitguard" not in config:
         raise LogitGuardError(f"{path}: no logitguard: block; add one (e.g. logitguard: {{weight: 0.3}})")
@@ -36,8 +36,6 @@ def run(path: Path) -> None:
     """LLaMA-Factory's ``run_exp`` on ``path``, its SFT trainer with STR."""
     from llamafactory.train.sft import workflow
     from llamafactory.train.tuner import run_exp
-
-    from logitguard.integrations.host import str_host_trainer
 
     config, section = split_config(path)
     if section.enabled:

@@ -166,11 +166,12 @@ class RealDemo:
     evaluation: str = "safety-tuned-llamas"
     steps: int = 80
     two_sided: bool = False
+    n_task: int = 50  # GSM8K test problems answered by generation
 
 
 REAL_DEMOS = {  # the benchmarks' settings (benchmarks/real_qwen.py, benchmarks/real_smollm2.py)
-    "qwen2.5-coder-0.5b": RealDemo("public-held-out", 40, two_sided=True),
-    "qwen2.5-coder-1.5b": RealDemo("public-held-out", 40, two_sided=True),
+    "qwen2.5-coder-0.5b": RealDemo("public-held-out", 40, two_sided=True, n_task=20),
+    "qwen2.5-coder-1.5b": RealDemo("public-held-out", 40, two_sided=True, n_task=20),
 }
 
 
@@ -189,7 +190,7 @@ def run_real_demo(model: str, data_root: Path, out: Path, steps: int | None = No
     demo = REAL_DEMOS.get(model, RealDemo())
     ensure_writable_dir(out)
     started = time.perf_counter()
-    setting = GSM8KSetting(data_root, model=model, evaluation=demo.evaluation, progress=True)
+    setting = GSM8KSetting(data_root, model=model, evaluation=demo.evaluation, n_task=demo.n_task, progress=True)
     aligned_model = setting.load_aligned()
     aligned = {"metrics": setting.evaluate(aligned_model), "samples": setting.samples(aligned_model)}
     benign_path = out / BENIGN_ANCHORS_FILE if demo.two_sided else None
