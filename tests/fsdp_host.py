@@ -1,7 +1,7 @@
 """A custom training loop with STR, on one process or sharded with FSDP2 (``fully_shard``) over several.
 
-Run: python tests/fsdp_host.py OUT [--full]                                     (one process, no sharding)
-     torchrun --nproc_per_node 2 tests/fsdp_host.py OUT --fsdp [--full] [--tail-unit]  (two CPU processes, gloo)
+Run (from the repository root): python -m tests.fsdp_host OUT [--full]          (one process, no sharding)
+     torchrun --nproc_per_node 2 -m tests.fsdp_host OUT --fsdp [--full] [--tail-unit]  (two CPU processes, gloo)
 Trains a tiny Llama with LoRA (or, with ``--full``, every weight) for three SGD steps of ``str_loss`` on one global
 batch of 8 examples (4 per rank when sharded), with the refusal anchors and the task reference, and writes the
 trained weights (gathered from their shards) and each step's terms to ``OUT`` (``weights.safetensors``,
@@ -83,9 +83,9 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         logs = torch.tensor([result.task, result.str_anchor, result.str_task])
-        if args.fsdp:
-            dist.all_reduce(logs)  # the task terms are per-rank shares; the anchor term is the same on every rank
-            logs[1] /= world
+        if args.fsdp:  # each rank's terms are already scaled to the global mean's share: their average is that mean
+            dist.all_reduce(logs)
+            logs /= world
         terms.append(dict(zip(("task_loss", "str_anchor", "str_task"), logs.tolist(), strict=True)))
     head = (model.get_base_model() if not args.full else model).lm_head.weight
     sharded = type(head).__name__ == "DTensor"
@@ -99,6 +99,7 @@ def main() -> None:
         save_file(weights, str(args.out / "weights.safetensors"))
         (args.out / "terms.json").write_text(json.dumps({"terms": terms, "lm_head_sharded": sharded}))
     if args.fsdp:
+        dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
 
 

@@ -101,8 +101,7 @@ def test_the_setting_evaluates_and_draws_short_training_problems(data_root, tmp_
 
 @pytest.mark.slow
 def test_the_real_demo_compares_sft_and_str_at_the_benchmark_budget(data_root, tmp_path, tokenizer, monkeypatch):
-    import logitguard.lab.demo
-    from logitguard.artifacts import safety_artifacts
+    import logitguard.artifacts
     from logitguard.lab.demo_command import main
     from logitguard.lab.gsm8k import STEPS
 
@@ -110,8 +109,8 @@ def test_the_real_demo_compares_sft_and_str_at_the_benchmark_budget(data_root, t
     tiny_llama(tokenizer, max_positions=512).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     # a random model refuses nothing: its anchors teacher-force the built-in refusal templates instead
-    templated = partial(safety_artifacts, refusals="templates")
-    monkeypatch.setattr(logitguard.lab.demo, "safety_artifacts", templated)
+    templated = partial(logitguard.artifacts.prepare_artifacts, refusals="templates")
+    monkeypatch.setattr(logitguard.artifacts, "prepare_artifacts", templated)
     out = tmp_path / "demo"
     assert main(["--model", str(model_dir), "--data", str(data_root), "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())

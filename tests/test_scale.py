@@ -23,7 +23,7 @@ ROOT = Path(__file__).parents[1]
 
 def host(out: Path, *flags: str, processes: int = 1) -> dict:
     """Run ``tests/fsdp_host.py`` (one process, or ``processes`` under torchrun) and read what it wrote."""
-    script = [str(ROOT / "tests" / "fsdp_host.py"), str(out), *flags]
+    script = ["-m", "tests.fsdp_host", str(out), *flags]
     command = [sys.executable, *script] if processes == 1 else ["torchrun", f"--nproc_per_node={processes}", *script]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
