@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.harness import DEFAULT_STR, DROP_REFUSED, METHODS, with_str
+from benchmarks.harness import DEFAULT_STR, DROP_REFUSED, METHODS, SCENARIOS, with_str
 from benchmarks.real_model import N_MANY_ANCHORS, ROOT, RealBenchmark
 from benchmarks.real_model import main as run_benchmark
 from logitguard.lab.public_data import harmful_training_prompts, lookalike_training_prompts
@@ -76,6 +76,30 @@ BENCHMARK = RealBenchmark(
     results=ROOT / "benchmarks" / "results" / "real_qwen.json",
     n_task=20,  # 192-token answers from a 0.5B model are the slowest part of an evaluation on a CPU
 )
+
+
+def table(results: dict) -> str:
+    """Each evaluation set's rate (``harmful_refusal/catqa_en``, ...) per method and scenario, mean over seeds: the
+    sets side by side show whether a method's effect holds across sources or comes from one of them."""
+    keys = [key for key in results["aligned"] if "/" in key]
+    rate_names = {"harmful_refusal": "refusal", "lookalike_over_refusal": "over-refusal"}
+    header = [
+        "method",
+        "scenario",
+        "seeds",
+        *(f"{key.split('/')[1]} ({rate_names[key.split('/')[0]]})" for key in keys),
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = [f"{100 * results['aligned'][key]:.0f}%" for key in keys]
+    lines.append("| aligned model (before fine-tuning) | — | — | " + " | ".join(cells) + " |")
+    for scenario in SCENARIOS:
+        for method in ROWS:
+            runs = [r for r in results["rows"] if r["method"] == method and r["scenario"] == scenario]
+            if runs:
+                cells = [f"{100 * sum(r[key] for r in runs) / len(runs):.0f}%" for key in keys]
+                seeds = ", ".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+                lines.append(f"| {method} | {scenario.split(' (')[0]} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ memory columns and only the rows named),
 ``real FILE SCENARIO [rows=...]`` (real_smollm2.json), ``qwen FILE SCENARIO [rows=...]`` (real_qwen.json), or the
 name of a benchmark with a ``table`` function of its own results JSON (``KIND.json``, or ``KIND FILE``):
 ``str_overhead``, ``regularizer_cost``, ``refusal_detector``, ``refusal_by_phrasing``, ``selection_breakdown``,
-``build_smollm2_safe``, ``aligned_sweep``, ``refusal_by_set``.
+``build_smollm2_safe``, ``aligned_sweep``, ``refusal_by_set``, ``real_qwen`` (each evaluation set's rate).
 """
 
 from __future__ import annotations

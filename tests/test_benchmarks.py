@@ -147,16 +147,28 @@ def test_refusal_continuation(tmp_path, toy):
     assert {r["variant"] for r in rows} == set(benchmark("refusal_continuation").VARIANTS)
 
 
-def test_safety_vs_task_plot(tmp_path):
+def test_method_plots_put_each_method_at_its_points_per_scenario(tmp_path):
+    plots = benchmark("method_plots")
+    harmful = "harmful (5% harmful compliance mixed in)"
     rows = [
-        {"scenario": scenario, "method": method, "seed": 0, "harmful_refusal": 0.5, "task_accuracy": 0.5}
-        for scenario in ("benign", "harmful (5% harmful compliance mixed in)")
+        {"scenario": scenario, "method": method, "seed": seed, "harmful_refusal": 0.1 * seed, "task_accuracy": 0.5}
+        | {"lookalike_over_refusal": 0.2}
+        for scenario in ("benign", harmful)
         for method in ("sft", "str (anchors, default)")
+        for seed in (0, 1)
     ]
-    results = tmp_path / "methods.json"
-    results.write_text(json.dumps({"rows": rows}))
-    out = benchmark("safety_vs_task").main(["--results", str(results), "--out", str(tmp_path / "plot.png")])
-    assert out.read_bytes()[:4] == b"\x89PNG"
+    results = {"aligned": {"harmful_refusal": 0.9, "lookalike_over_refusal": 0.3}, "rows": rows}
+    drawn = plots.panels(results, "lookalike_over_refusal")
+    assert list(drawn) == ["benign fine-tuning", "harmful fine-tuning"]
+    assert drawn["harmful fine-tuning"]["sft"] == [(0.2, 0.0), (0.2, 0.1)]
+    assert plots.over_refusal_key(results) == "lookalike_over_refusal"
+    path = tmp_path / "methods.json"
+    path.write_text(json.dumps(results))
+    for against in ("task", "over-refusal"):
+        out = plots.main(["--results", str(path), "--against", against, "--out", str(tmp_path / f"{against}.png")])
+        assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no 'benign_over_refusal'"):
+        plots.main(["--results", str(path), "--against", "over-refusal", "--over-refusal", "benign_over_refusal"])
 
 
 def test_every_aligned_sweep_variant_is_a_valid_build_and_one_of_them_is_the_committed_recipe():
@@ -326,3 +338,16 @@ def test_merging_adds_another_machines_runs_and_refuses_one_measured_differently
         with pytest.raises(SystemExit, match=error):
             harness.merge_results([other], out, {"sft": harness.Method()}, metrics)
         assert out.read_text() == before
+
+
+def test_the_qwen_set_table_shows_each_sets_rate_per_method_as_the_mean_over_seeds():
+    aligned = {"harmful_refusal": 0.6, "harmful_refusal/catqa_en": 0.5, "lookalike_over_refusal/orbench_hard_1k": 0.4}
+    rows = [
+        {"method": "sft", "scenario": "benign", "seed": seed, "harmful_refusal/catqa_en": rate}
+        | {"lookalike_over_refusal/orbench_hard_1k": 0.2}
+        for seed, rate in ((1, 0.1), (0, 0.3))
+    ]
+    lines = benchmark("real_qwen").table({"aligned": aligned, "rows": rows}).splitlines()
+    assert lines[0] == "| method | scenario | seeds | catqa_en (refusal) | orbench_hard_1k (over-refusal) |"
+    assert lines[2] == "| aligned model (before fine-tuning) | — | — | 50% | 40% |"
+    assert lines[3] == "| sft | benign | 0, 1 | 20% | 20% |"

@@ -50,10 +50,18 @@ def plot_refusal_curves(curves: Mapping[str, Series], path: Path, title: str = "
     return save_figure(fig, path)
 
 
-def _scatter(ax, points: Points) -> None:
-    for i, (label, xy) in enumerate(points.items()):
+def _scatter(ax, points: Points, labels: list[str]) -> None:
+    """``points`` in percent, each label in the colour and marker of its place in ``labels`` (the same in every
+    panel)."""
+    for label, xy in points.items():
+        i = labels.index(label)
         xs, ys = zip(*xy, strict=True)
-        ax.scatter([100 * x for x in xs], [100 * y for y in ys], marker=MARKERS[i % len(MARKERS)], s=55, label=label)
+        style = {"marker": MARKERS[i % len(MARKERS)], "color": f"C{i % 10}"}
+        ax.scatter([100 * x for x in xs], [100 * y for y in ys], s=55, label=label, **style)
+
+
+def _labels(panels: Mapping[str, Points]) -> list[str]:
+    return list(dict.fromkeys(label for points in panels.values() for label in points))
 
 
 def plot_refusal_vs_over_refusal(
@@ -63,8 +71,9 @@ def plot_refusal_vs_over_refusal(
     cross with guide lines: a method should stay at or above its refusal and at or left of its over-refusal."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    labels = _labels(panels)
     for ax, (title, points) in zip(axes[0], panels.items(), strict=True):
-        _scatter(ax, points)
+        _scatter(ax, points, labels)
         if aligned is not None:
             x, y = 100 * aligned[0], 100 * aligned[1]
             ax.scatter([x], [y], marker="x", s=90, color="black", label="aligned model")
@@ -81,8 +90,9 @@ def plot_safety_vs_utility(panels: Mapping[str, Points], path: Path, task: str =
     """One panel per scenario: each method's (task accuracy, harmful refusal) points (top right is best)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    labels = _labels(panels)
     for ax, (title, points) in zip(axes[0], panels.items(), strict=True):
-        _scatter(ax, points)
+        _scatter(ax, points, labels)
         ax.set(xlabel=f"{task} (%)", ylabel="harmful refusal (%)", xlim=(-5, 105), ylim=(-5, 105), title=title)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower left")
