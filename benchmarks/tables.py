@@ -34,6 +34,7 @@ BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /tab
 
 
 MISSING = "_No results yet: run the command above._"
+NO_RUNS = "_No runs of this scenario yet._"
 BENCHMARK_OF = {"methods": "methods", "real": "real_smollm2", "qwen": "real_qwen"}  # method-comparison tables
 
 
@@ -51,7 +52,7 @@ def render(spec: str) -> str:
         costs = module.COSTS and not rest.startswith("costs=off")
         rest = rest.removeprefix("costs=off").strip()
         rows = rest.removeprefix("rows=").split("|") if rest else None
-        return scenario_table(results, module.ROWS, module.METRICS, args[1], rows, costs)
+        return scenario_table(results, module.ROWS, module.METRICS, args[1], rows, costs) or NO_RUNS
     module = importlib.import_module(f"benchmarks.{kind}")
     return module.table(json.loads(results.read_text(encoding="utf-8")))
 
