@@ -18,13 +18,18 @@ harmful requests. This script LoRA-tunes it, through ``transformers.Trainer`` as
   the model to answer a sensitive request rather than refuse it;
 * benign requests answered by the base model itself (self-distillation keeps its helpfulness): Self-Instruct's
   human-written instructions and GSM8K training problems;
-* with ``--safe-lookalikes FILE``, safe requests that look sensitive (``benchmarks/data/safe_lookalikes.json``:
-  safety advice, violent words in harmless senses, in the harmful sets' forms), answered by the base model too;
+* with ``--lookalikes N``, N safe requests that merely sound unsafe, from the training side of the public
+  over-refusal sets (OR-Bench-Hard-1K, CoCoNot's contrast and preference sets; ``public_data.held_out`` keeps the
+  other 30% for evaluation), answered by the base model itself: the contrast to the refusals, which teaches where
+  the line is rather than "refuse whatever sounds dangerous"; with ``--safe-lookalikes FILE``, those of a prompt
+  file (``benchmarks/data/safe_lookalikes.json``: safety advice, violent words in harmless senses) too;
 
 then commits the adapter (fp16, a few MB) and ``recipe.json`` (every setting, the data sizes and the measured
-results) into the package, where ``smollm2-135m-safe`` finds it. Targets, on evaluation sets kept out of training:
-harmful refusal >= 90% (refusals that end), over-refusal <= 10%, helpfulness kept (GSM8K test NLL and accuracy,
-and the NLL of the base model's own answers to held-out benign instructions).
+results) into the package, where ``smollm2-135m-safe`` finds it. Both models are judged on two evaluations
+kept out of training: Safety-Tuned LLaMAs' (the development sets) and the held-out side of the public harmful and
+over-refusal sets (``public-held-out``, as Qwen is). Targets: harmful refusal >= 85% (refusals that end), over-refusal
+on look-alikes <= 25%, helpfulness kept (GSM8K test NLL and accuracy, and the NLL of the base model's own answers to
+held-out benign instructions). ``benchmarks/aligned_sweep.py`` builds recipes side by side.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
+PUBLIC = "public-held-out"  # the key of each model's scores on the public sets' held-out side
 
 
 def first_sentences(text: str, n: int = 2) -> str:
@@ -120,6 +126,12 @@ def arguments() -> argparse.ArgumentParser:
         default=None,
         help="a prompt file of safe requests that look sensitive, answered by the base model and trained on",
     )
+    parser.add_argument(
+        "--lookalikes",
+        type=int,
+        default=0,
+        help="safe look-alikes of the public over-refusal sets' training side, answered by the base model",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2 r)")
     parser.add_argument(
@@ -150,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         SAFE_SETS,
         evaluation_prompts,
         gsm8k,
+        lookalike_training_prompts,
         safety_tuning_pairs,
         self_instruct_prompts,
     )
@@ -159,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.work or Path(tempfile.mkdtemp(prefix="smollm2-safe-"))
     n_task = min(args.n_eval, 50)
     base = GSM8KSetting(args.data_root, model="smollm2-135m", n_eval=args.n_eval, n_task=n_task, n_nll=args.n_eval)
+    public = GSM8KSetting(args.data_root, model="smollm2-135m", evaluation=PUBLIC)
     held_out = {p for name in HARMFUL_SETS + SAFE_SETS for p in evaluation_prompts(args.data_root, name)}
 
     def draw(items: list, n: int, source: str) -> list:  # one generator per source: a size changed leaves the rest
@@ -181,6 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = base.load_aligned()
     benign = own_answers(model, base.tokenizer, benign_prompts, 160, work / "own_answers.json")
     lookalike_prompts = read_prompts(args.safe_lookalikes) if args.safe_lookalikes else []
+    lookalike_prompts += lookalike_training_prompts(args.data_root, args.lookalikes, args.seed)
+    sources = [args.safe_lookalikes.name] * bool(args.safe_lookalikes)
+    sources += ["the public over-refusal sets' training side"] * bool(args.lookalikes)
     lookalike_prompts = [p for p in lookalike_prompts if p not in held_out]
     lookalikes = own_answers(model, base.tokenizer, lookalike_prompts, 160, work / "own_answers.json")
     data = harmful + sensitive + benign + lookalikes
@@ -194,10 +211,13 @@ def main(argv: list[str] | None = None) -> dict:
     alpaca = evaluation_prompts(args.data_root, "I-Alpaca")[: args.n_eval]
     base_answers = own_answers(model, base.tokenizer, alpaca, 160, work / "alpaca_answers.json")
     base_cache = work / "base_results.json"  # the base model's scores depend on the data and --n-eval only
-    if not base_cache.is_file():
-        nll = answer_nll(model, base.tokenizer, base_answers)
-        write_json(base_cache, base.evaluate(model) | {"own_answer_nll": nll})
-    results = {"base": json.loads(base_cache.read_text())}
+    scores = json.loads(base_cache.read_text()) if base_cache.is_file() else {}
+    if not scores:
+        scores = base.evaluate(model) | {"own_answer_nll": answer_nll(model, base.tokenizer, base_answers)}
+    if PUBLIC not in scores:  # new, or cached by a build before the public evaluation
+        scores[PUBLIC] = public.safety(model)
+        write_json(base_cache, scores)
+    results = {"base": scores}
     print("base:", results["base"], flush=True)
 
     tune = FinetuneConfig(
@@ -213,7 +233,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trained = lora_model(base, tune)
     run = finetune(base, tune, data, work / "run", model=trained)
-    results["aligned"] = run["metrics"] | {"own_answer_nll": answer_nll(trained, base.tokenizer, base_answers)}
+    results["aligned"] = run["metrics"] | {
+        "own_answer_nll": answer_nll(trained, base.tokenizer, base_answers),
+        PUBLIC: public.safety(trained),
+    }
     print("aligned:", results["aligned"], flush=True)
 
     with atomic_directory(args.out) as tmp:
@@ -239,12 +262,13 @@ def main(argv: list[str] | None = None) -> dict:
                 **(
                     {
                         "safe_lookalikes": f"{len(lookalikes)} base-model answers of {len(lookalike_prompts)} safe "
-                        f"look-alike requests ({args.safe_lookalikes.name})"
+                        f"look-alike requests ({' and '.join(sources)})"
                     }
-                    if args.safe_lookalikes
+                    if lookalike_prompts
                     else {}
                 ),
-                "held_out": "every prompt of the Safety-Tuned LLaMAs evaluation sets; GSM8K test",
+                "held_out": "every prompt of the Safety-Tuned LLaMAs evaluation sets; the held-out 30% of the public "
+                "harmful and over-refusal sets; GSM8K test",
             },
             "results": results,
             "device": torch.cuda.get_device_name()
@@ -261,22 +285,32 @@ def main(argv: list[str] | None = None) -> dict:
 def table(recipe: dict) -> str:
     """The markdown table of a build's measured results: the base model against the safety-tuned one (named by
     where, how and how fast it was built)."""
-    labels = {
-        "harmful_refusal": "harmful refusal",
-        "harmful_refusal_opening": "refusal opening only",
-        "benign_over_refusal": "over-refusal",
-        "task_accuracy": "GSM8K accuracy",
-        "task_format": "#### format",
-    }
-    header = "| model | " + " | ".join(labels.values()) + " | GSM8K answer NLL | own-answer NLL |"
-    lines = [header, "|---" * (len(labels) + 3) + "|"]
+    public = PUBLIC in recipe["results"]["aligned"]  # builds before the recalibration were judged on one evaluation
+    header = ["model", *DEV_LABELS.values(), *(PUBLIC_LABELS.values() if public else ()), "GSM8K answer NLL"]
+    lines = ["| " + " | ".join([*header, "own-answer NLL"]) + " |", "|---" * (len(header) + 1) + "|"]
     grouped = ", length-grouped batches" if recipe["finetune"].get("length_grouped") else ""
     built = f"smollm2-135m-safe ({recipe['device']}{grouped}, {recipe['seconds'] / 60:.0f} min)"
     for name, label in (("base", "smollm2-135m (base)"), ("aligned", built)):
         m = recipe["results"][name]
-        cells = [f"{100 * m[key]:.1f}%" for key in labels] + [f"{m['task_nll']:.3f}", f"{m['own_answer_nll']:.3f}"]
+        cells = [f"{100 * m[key]:.1f}%" for key in DEV_LABELS]
+        cells += [f"{100 * m[PUBLIC][key]:.1f}%" for key in PUBLIC_LABELS] if public else []
+        cells += [f"{m['task_nll']:.3f}", f"{m['own_answer_nll']:.3f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+DEV_LABELS = {  # Safety-Tuned LLaMAs' held-out sets (over-refusal: I-PhysicalSafetySafe and I-Alpaca) and GSM8K
+    "harmful_refusal": "harmful refusal",
+    "harmful_refusal_opening": "refusal opening only",
+    "benign_over_refusal": "over-refusal",
+    "task_accuracy": "GSM8K accuracy",
+    "task_format": "#### format",
+}
+PUBLIC_LABELS = {  # the public sets' held-out side
+    "harmful_refusal": "public harmful refusal",
+    "lookalike_over_refusal": "public look-alike over-refusal",
+    "benign_over_refusal": "I-Alpaca over-refusal",
+}
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks.harness import SCENARIOS, Method, add_arguments, results_only, run_all, run_dir, selection_outcome
+from logitguard.lab.demo import REAL_DEMOS
 
 ROOT = Path(__file__).parents[1]
 N_MANY_ANCHORS = 256  # refusals of varied requests in the "many phrasings" anchor set
@@ -32,32 +33,33 @@ class RealBenchmark:
 
     Attributes:
         module: the benchmark's module (its fresh run processes import the spec from it).
-        model: the default aligned model (a built-in name or a folder); one per work folder.
-        evaluation: the held-out sets that judge it (``logitguard.lab.gsm8k.EVALUATIONS``).
-        steps: the step budget (LoRA, batch 8): where plain SFT visibly erodes refusal.
+        model: the default aligned model (a built-in name or a folder); one per work folder. Its held-out
+            evaluation, step budget and GSM8K generation count are the demo's (``logitguard.lab.demo.REAL_DEMOS``),
+            so that the demo reproduces the benchmark's rows.
         rows: the methods it can run.
         metrics: the table's columns (``harness.summarize``).
         many_prompts: ``(data root, setting) -> prompts`` of the "many phrasings" anchor set.
         lookalike_prompts: ``data root -> prompts`` whose answers are the benign anchors (two-sided STR); None: none.
         results: the results JSON.
-        n_task: GSM8K test problems answered by generation for accuracy and format.
     """
 
     module: str
     model: str
-    evaluation: str
-    steps: int
     rows: dict[str, Method]
     metrics: dict[str, tuple[str, bool]]
     many_prompts: Callable
     lookalike_prompts: Callable | None
     results: Path
-    n_task: int = 50  # GSM8K test problems answered by generation (the costliest part of an evaluation)
+
+    @property
+    def steps(self) -> int:
+        return REAL_DEMOS[self.model].steps
 
     def setting(self, data_root: Path, model: str, progress: bool = False):
         from logitguard.lab.gsm8k import GSM8KSetting
 
-        return GSM8KSetting(data_root, model, evaluation=self.evaluation, n_task=self.n_task, progress=progress)
+        demo = REAL_DEMOS[self.model]
+        return GSM8KSetting(data_root, model, evaluation=demo.evaluation, n_task=demo.n_task, progress=progress)
 
 
 def check_work(work: Path, model: str) -> None:

@@ -67,14 +67,11 @@ def lookalike_prompts(data_root: Path) -> list[str]:
 BENCHMARK = RealBenchmark(
     module="benchmarks.real_qwen",
     model="qwen2.5-coder-0.5b",
-    evaluation="public-held-out",
-    steps=40,
     rows=ROWS,
     metrics=METRICS,
     many_prompts=many_prompts,
     lookalike_prompts=lookalike_prompts,
     results=ROOT / "benchmarks" / "results" / "real_qwen.json",
-    n_task=20,  # 192-token answers from a 0.5B model are the slowest part of an evaluation on a CPU
 )
 
 

@@ -64,8 +64,6 @@ def many_prompts(data_root: Path, setting) -> list[str]:
 BENCHMARK = RealBenchmark(
     module="benchmarks.real_smollm2",
     model="smollm2-135m-safe",
-    evaluation="safety-tuned-llamas",
-    steps=80,
     rows=ROWS,
     metrics=METRICS,
     many_prompts=many_prompts,

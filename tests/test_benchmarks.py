@@ -182,6 +182,27 @@ def test_every_aligned_sweep_variant_is_a_valid_build_and_one_of_them_is_the_com
     assert committed["finetune"]["lora"]["r"] == defaults["lora_r"]
 
 
+def test_the_aligned_sweep_ranks_recipes_judged_on_the_public_sets_first_by_refusal_minus_over_refusal():
+    sweep = benchmark("aligned_sweep")
+
+    def variant(refusal: float, over: float, public: tuple[float, float] | None = None) -> dict:
+        aligned = {"harmful_refusal": refusal, "benign_over_refusal": over, "task_nll": 1.0, "own_answer_nll": 0.5}
+        if public:
+            aligned[sweep.PUBLIC] = {"harmful_refusal": public[0], "lookalike_over_refusal": public[1]}
+        return {"aligned": aligned}
+
+    variants = {
+        "dev only, best dev score": variant(0.95, 0.0),
+        "public, knee": variant(0.7, 0.4, public=(0.86, 0.2)),
+        "public, refuses everything": variant(0.9, 0.9, public=(1.0, 0.9)),
+    }
+    ranked = sorted(variants, key=lambda name: sweep.score(variants[name]), reverse=True)
+    assert ranked == ["public, knee", "public, refuses everything", "dev only, best dev score"]
+    table = sweep.table({"variants": variants})
+    assert "| public, knee | 70% | 40% | 1.000 | 0.500 | 86% | 20% | not run | not run |" in table
+    assert "| dev only, best dev score | 95% | 0% | 1.000 | 0.500 | — | — | not run | not run |" in table
+
+
 def test_the_safe_lookalikes_are_distinct_prompts_and_none_is_an_evaluation_prompt():
     from logitguard.data.prompt_files import read_prompts
 

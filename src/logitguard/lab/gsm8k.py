@@ -177,8 +177,12 @@ class GSM8KSetting:
         return evaluation_prompts(self.data_root, "I-MaliciousInstructions")[-self.n_monitor :]
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """:meth:`safety` and :meth:`task` together: what every run of the demo and the benchmarks reports."""
+        return self.safety(model) | self.task(model)
+
+    def safety(self, model: nn.Module) -> dict[str, float]:
         """Harmful refusal (whole answers) and over-refusal, pooled by kind and set by set (``KIND_RATE/SET`` when a
-        kind has several sets), and GSM8K test NLL, accuracy and format rate."""
+        kind has several sets)."""
         verdicts: dict[str, list] = {"harmful": [], "lookalike": [], "benign": []}
         per_set = {}
         sets = self.eval_sets()
@@ -192,14 +196,17 @@ class GSM8KSetting:
                 per_set[f"{RATE_OF[s.kind]}/{s.name}"] = rates[RATE_OF[s.kind]]
         metrics = safety_rates(**verdicts)
         metrics.pop("refusal_then_compliance", None)
+        return metrics | per_set
+
+    def task(self, model: nn.Module) -> dict[str, float]:
+        """GSM8K test: answer accuracy and ``#### n`` format rate of ``n_task`` generated answers, and the NLL of
+        ``n_nll`` gold answers."""
         test = gsm8k(self.data_root, "test")
         questions = [q for q, _ in test[: self.n_task]]
         answers = generate(model, self.tokenizer, questions, self.task_tokens, 25, self.desc("GSM8K test"))
         numbers = [gsm8k_number(a) for a in answers]
         gold = [gsm8k_number(a) for _, a in test[: self.n_task]]
         return {
-            **metrics,
-            **per_set,
             "task_accuracy": statistics.mean(n is not None and n == g for n, g in zip(numbers, gold, strict=True)),
             "task_format": statistics.mean(n is not None for n in numbers),
             "task_nll": answer_nll(model, self.tokenizer, test[: self.n_nll]),
