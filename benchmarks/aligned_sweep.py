@@ -34,7 +34,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from benchmarks.build_smollm2_safe import PUBLIC
+from benchmarks.build_smollm2_safe import PUBLIC, PUBLIC_COLUMNS
 from logitguard.io import write_json
 
 HERE = Path(__file__).parent
@@ -64,8 +64,7 @@ METRICS = {
     "own_answer_nll": "own-answer NLL",
 }
 PUBLIC_METRICS = {  # the public sets' held-out side (builds since the recalibration)
-    "harmful_refusal": "public harmful refusal",
-    "lookalike_over_refusal": "public look-alike over-refusal",
+    key: PUBLIC_COLUMNS[key][0] for key in ("harmful_refusal", "lookalike_over_refusal")
 }
 
 

@@ -43,8 +43,20 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from logitguard.evaluation.metrics import metric_columns
+
 ROOT = Path(__file__).parents[1]
 PUBLIC = "public-held-out"  # the key of each model's scores on the public sets' held-out side
+DEV_COLUMNS = metric_columns(  # Safety-Tuned LLaMAs' held-out sets (over-refusal: PhysicalSafetySafe, Alpaca), GSM8K
+    ["harmful_refusal", "harmful_refusal_opening", "benign_over_refusal", "task_accuracy", "task_format"],
+    task_accuracy="GSM8K accuracy",
+)
+PUBLIC_COLUMNS = metric_columns(  # the public sets' held-out side
+    ["harmful_refusal", "lookalike_over_refusal", "benign_over_refusal"],
+    harmful_refusal="public harmful refusal",
+    lookalike_over_refusal="public look-alike over-refusal",
+    benign_over_refusal="I-Alpaca over-refusal",
+)
 
 
 def first_sentences(text: str, n: int = 2) -> str:
@@ -286,31 +298,18 @@ def table(recipe: dict) -> str:
     """The markdown table of a build's measured results: the base model against the safety-tuned one (named by
     where, how and how fast it was built)."""
     public = PUBLIC in recipe["results"]["aligned"]  # builds before the recalibration were judged on one evaluation
-    header = ["model", *DEV_LABELS.values(), *(PUBLIC_LABELS.values() if public else ()), "GSM8K answer NLL"]
+    columns = [*DEV_COLUMNS.values(), *(PUBLIC_COLUMNS.values() if public else ())]
+    header = ["model", *(label for label, _ in columns), "GSM8K answer NLL"]
     lines = ["| " + " | ".join([*header, "own-answer NLL"]) + " |", "|---" * (len(header) + 1) + "|"]
     grouped = ", length-grouped batches" if recipe["finetune"].get("length_grouped") else ""
     built = f"smollm2-135m-safe ({recipe['device']}{grouped}, {recipe['seconds'] / 60:.0f} min)"
     for name, label in (("base", "smollm2-135m (base)"), ("aligned", built)):
         m = recipe["results"][name]
-        cells = [f"{100 * m[key]:.1f}%" for key in DEV_LABELS]
-        cells += [f"{100 * m[PUBLIC][key]:.1f}%" for key in PUBLIC_LABELS] if public else []
+        cells = [f"{100 * m[key]:.1f}%" for key in DEV_COLUMNS]
+        cells += [f"{100 * m[PUBLIC][key]:.1f}%" for key in PUBLIC_COLUMNS] if public else []
         cells += [f"{m['task_nll']:.3f}", f"{m['own_answer_nll']:.3f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-DEV_LABELS = {  # Safety-Tuned LLaMAs' held-out sets (over-refusal: I-PhysicalSafetySafe and I-Alpaca) and GSM8K
-    "harmful_refusal": "harmful refusal",
-    "harmful_refusal_opening": "refusal opening only",
-    "benign_over_refusal": "over-refusal",
-    "task_accuracy": "GSM8K accuracy",
-    "task_format": "#### format",
-}
-PUBLIC_LABELS = {  # the public sets' held-out side
-    "harmful_refusal": "public harmful refusal",
-    "lookalike_over_refusal": "public look-alike over-refusal",
-    "benign_over_refusal": "I-Alpaca over-refusal",
-}
 
 
 if __name__ == "__main__":

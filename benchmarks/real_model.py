@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks.harness import SCENARIOS, Method, add_arguments, results_only, run_all, run_dir, selection_outcome
-from logitguard.lab.demo import REAL_DEMOS
+from logitguard.lab.demo import REAL_DEMOS, RealDemo
 
 ROOT = Path(__file__).parents[1]
 N_MANY_ANCHORS = 256  # refusals of varied requests in the "many phrasings" anchor set
@@ -52,13 +52,13 @@ class RealBenchmark:
     results: Path
 
     @property
-    def steps(self) -> int:
-        return REAL_DEMOS[self.model].steps
+    def demo(self) -> RealDemo:
+        return REAL_DEMOS[self.model]
 
     def setting(self, data_root: Path, model: str, progress: bool = False):
         from logitguard.lab.gsm8k import GSM8KSetting
 
-        demo = REAL_DEMOS[self.model]
+        demo = self.demo
         return GSM8KSetting(data_root, model, evaluation=demo.evaluation, n_task=demo.n_task, progress=progress)
 
 
@@ -201,7 +201,7 @@ def run_one(
 def main(bench: RealBenchmark, argv: list[str] | None, description: str, work: str, costs: bool) -> None:
     """A real-model benchmark's command line: run (resumably) the asked rows, or print or merge its tables."""
     parser = argparse.ArgumentParser(description=description)
-    add_arguments(parser, bench.rows, bench.results, steps=bench.steps)
+    add_arguments(parser, bench.rows, bench.results, steps=bench.demo.steps)
     parser.set_defaults(seeds=[0])
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=Path(work), help="cached artifacts and runs")
