@@ -55,12 +55,6 @@ class RealBenchmark:
     def demo(self) -> RealDemo:
         return REAL_DEMOS[self.model]
 
-    def setting(self, data_root: Path, model: str, progress: bool = False):
-        from logitguard.lab.gsm8k import GSM8KSetting
-
-        demo = self.demo
-        return GSM8KSetting(data_root, model, evaluation=demo.evaluation, n_task=demo.n_task, progress=progress)
-
 
 def check_work(work: Path, model: str) -> None:
     """Record which aligned model ``work`` is prepared for, and stop if it was prepared for another: its anchors
@@ -88,7 +82,7 @@ def prepare(bench: RealBenchmark, work: Path, data_root: Path, model: str, seed:
     from logitguard.models import load_model, load_tokenizer
 
     check_work(work, model)
-    setting = bench.setting(data_root, model, progress=True)
+    setting = bench.demo.setting(data_root, model, progress=True)
     requests = setting.safety_requests()
     random.Random(seed).shuffle(requests)
     for_compliance = requests[N_MANY_ANCHORS : N_MANY_ANCHORS + N_COMPLIANCE]
@@ -148,7 +142,7 @@ def run_one(
     bench: RealBenchmark = importlib.import_module(module).BENCHMARK
     work_dir = Path(work)
     spec = bench.rows[method]
-    setting = bench.setting(Path(data_root), model)
+    setting = bench.demo.setting(Path(data_root), model)
     tune = replace(finetune_config(seed, steps), monitor_every=0)
     tokens = SafetyTokens.load(work_dir / "default" / "safety_tokens.json")
     anchors = AnchorCache.load(work_dir / spec.anchors / "anchors.safetensors")

@@ -134,3 +134,15 @@ def test_what_evaluates_is_never_what_trains_or_anchors():
     anchored = set(harmful_training_prompts(SHARED)) | set(lookalike_training_prompts(SHARED))
     assert len(anchored) > 300 and not anchored & evaluated
     assert not any(held_out(p) for p in anchored)
+
+
+def test_a_real_demo_builds_its_setting_and_leaves_unset_sizes_to_it(data_root, tmp_path, tokenizer):
+    from logitguard.lab.demo import RealDemo
+    from logitguard.lab.gsm8k import GSM8KSetting
+
+    model_dir = tmp_path / "model"
+    tokenizer.save_pretrained(model_dir)
+    qwen_like = RealDemo("public-held-out", 40, two_sided=True, n_task=20).setting(data_root, str(model_dir))
+    assert (qwen_like.evaluation, qwen_like.n_task, qwen_like.progress) == ("public-held-out", 20, False)
+    default = RealDemo().setting(data_root, str(model_dir), progress=True)
+    assert default.n_task == GSM8KSetting.n_task and default.evaluation == "safety-tuned-llamas" and default.progress

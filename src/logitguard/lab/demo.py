@@ -166,7 +166,15 @@ class RealDemo:
     evaluation: str = "safety-tuned-llamas"
     steps: int = 80
     two_sided: bool = False
-    n_task: int = 50  # GSM8K test problems answered by generation (the costliest part of an evaluation)
+    n_task: int | None = None  # GSM8K problems answered by generation (the costliest part); None: the setting's
+
+    def setting(self, data_root: Path, model: str, progress: bool = False):
+        """The :class:`~logitguard.lab.gsm8k.GSM8KSetting` that trains and judges ``model`` in this demo (and in
+        the benchmark of the same model)."""
+        from logitguard.lab.gsm8k import GSM8KSetting
+
+        sizes = {} if self.n_task is None else {"n_task": self.n_task}
+        return GSM8KSetting(data_root, model=model, evaluation=self.evaluation, progress=progress, **sizes)
 
 
 REAL_DEMOS = {  # the benchmarks' settings too (benchmarks/real_qwen.py, benchmarks/real_smollm2.py)
@@ -186,13 +194,13 @@ def run_real_demo(model: str, data_root: Path, out: Path, steps: int | None = No
     refusal curve is measured every 10 steps on held-out harmful prompts. Writes what :func:`run_demo` writes.
     """
     from logitguard.artifacts import BENIGN_ANCHORS_FILE, prepare_artifacts
-    from logitguard.lab.gsm8k import N_TRAIN, GSM8KSetting, finetune_config
+    from logitguard.lab.gsm8k import N_TRAIN, finetune_config
     from logitguard.lab.public_data import lookalike_training_prompts
 
     demo = REAL_DEMOS.get(model, RealDemo())
     ensure_writable_dir(out)
     started = time.perf_counter()
-    setting = GSM8KSetting(data_root, model=model, evaluation=demo.evaluation, n_task=demo.n_task, progress=True)
+    setting = demo.setting(data_root, model, progress=True)
     aligned_model = setting.load_aligned()
     aligned = {"metrics": setting.evaluate(aligned_model), "samples": setting.samples(aligned_model)}
     benign_path = out / BENIGN_ANCHORS_FILE if demo.two_sided else None
