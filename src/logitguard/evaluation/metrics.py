@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from logitguard.errors import LogitGuardError
-from logitguard.evaluation.judges import Judge
 from logitguard.evaluation.verdicts import Verdict, normalize, verdict_rates
+
+if TYPE_CHECKING:  # a guard-model judge needs torch; these pure functions of strings do not
+    from logitguard.evaluation.judges import Judge
 
 TaskMetric = Literal["exact", "contains"]
 
