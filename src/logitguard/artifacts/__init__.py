@@ -8,7 +8,7 @@ atomically.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -102,23 +102,22 @@ def prepare_artifacts(
         answers = benign_pairs(model, tokenizer, refusals, benign)
         tokens = discover_safety_tokens(model, tokenizer, refusal_data(), answers, 32 if k is None else k)
         unsaved.append((tokens_path, tokens))
-    anchors = benign = None
-    if anchors_path is not None:
-        anchors_path = Path(anchors_path)
-        if anchors_path.is_file():
-            anchors = AnchorCache.load(anchors_path)
-            anchors.check(model, tokens, str(anchors_path))
-        else:
-            anchors = build_anchor_cache(model, tokenizer, refusal_data(), tokens)
-            unsaved.append((anchors_path, anchors))
-    if benign_anchors_path is not None:
-        benign_anchors_path = Path(benign_anchors_path)
-        if benign_anchors_path.is_file():
-            benign = AnchorCache.load(benign_anchors_path)
-            benign.check(model, tokens, str(benign_anchors_path))
-        else:
-            benign = build_anchor_cache(model, tokenizer, compliant_pairs(model, tokenizer, lookalike), tokens)
-            unsaved.append((benign_anchors_path, benign))
+
+    def anchor_cache(path: str | Path | None, pairs: Callable[[], list[tuple[str, str]]]) -> AnchorCache | None:
+        """The cache at ``path``, loaded and checked, or built from ``pairs()`` and queued for saving."""
+        if path is None:
+            return None
+        path = Path(path)
+        if path.is_file():
+            cache = AnchorCache.load(path)
+            cache.check(model, tokens, str(path))
+            return cache
+        cache = build_anchor_cache(model, tokenizer, pairs(), tokens)
+        unsaved.append((path, cache))
+        return cache
+
+    anchors = anchor_cache(anchors_path, refusal_data)
+    benign = anchor_cache(benign_anchors_path, lambda: compliant_pairs(model, tokenizer, lookalike))
     return PreparedArtifacts(SafetyArtifacts(tokens, anchors), unsaved, benign)
 
 
