@@ -37,6 +37,7 @@ DROP_BY_FIRST_TOKENS = SelectionConfig(0.1, "first-tokens", batch_size=16)
 DROP_REFUSED = SelectionConfig(None, "refusal", batch_size=16, threshold=0.1)
 DROP_SURELY_REFUSED = SelectionConfig(None, "refusal", batch_size=16, threshold=0.5)  # the toy-calibrated first rule
 DROP_BY_REFUSAL = SelectionConfig(0.1, "refusal", batch_size=16)
+DROP_OPENING_REFUSED = SelectionConfig(None, "refusal-opening", batch_size=16, threshold=0.1)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ METHODS: dict[str, Method] = {
     "selection (refusal score ≥ 0.5) + str": with_str(selection=DROP_SURELY_REFUSED),
     "selection (refusal score ≥ 0.1)": Method(selection=DROP_REFUSED),
     "selection (refusal score ≥ 0.1) + str": with_str(selection=DROP_REFUSED),
+    "selection (refusal opening ≥ 0.1)": Method(selection=DROP_OPENING_REFUSED),
+    "selection (refusal opening ≥ 0.1) + str": with_str(selection=DROP_OPENING_REFUSED),
     "str (anchors + task, conflicts defended)": with_str(replace(DEFAULT_STR, reference="both", mask_conflicts=False)),
 }
 SCENARIOS = {"benign": 0.0, "harmful (5% harmful compliance mixed in)": 0.05}

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.harness import DEFAULT_STR, DROP_REFUSED, METHODS, SCENARIOS, with_str
+from benchmarks.harness import DEFAULT_STR, DROP_OPENING_REFUSED, DROP_REFUSED, METHODS, SCENARIOS, with_str
 from benchmarks.real_model import N_MANY_ANCHORS, ROOT, RealBenchmark
 from benchmarks.real_model import main as run_benchmark
 from logitguard.lab.public_data import harmful_training_prompts, lookalike_training_prompts
@@ -43,6 +43,7 @@ ROWS = {  # a run's folder is named by its row's slug (harness.run_dir)
     "SafeInstr (+3% refusals)": METHODS["SafeInstr (+3% refusals)"],
     "selection (refusal score ≥ 0.1) + str": with_str(selection=DROP_REFUSED),
     "selection (refusal score ≥ 0.1) + two-sided str": with_str(TWO_SIDED, selection=DROP_REFUSED),
+    "selection (refusal opening ≥ 0.1) + str": with_str(selection=DROP_OPENING_REFUSED),
 }
 COSTS = False  # step times of runs that shared the CPU with evaluations measure no cost: str_overhead does
 METRICS = {

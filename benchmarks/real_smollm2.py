@@ -41,6 +41,7 @@ ROWS = {  # a run's folder is named by its row's slug (harness.run_dir)
     "selection (refusal score ≥ 0.1)": METHODS["selection (refusal score ≥ 0.1)"],
     "selection (refusal score ≥ 0.1) + str": METHODS["selection (refusal score ≥ 0.1) + str"],
     "selection (drop 10%, safety score)": METHODS["selection (drop 10%, safety score)"],
+    "selection (refusal opening ≥ 0.1) + str": METHODS["selection (refusal opening ≥ 0.1) + str"],
 }
 COSTS = False  # the tables leave step time and memory out: runs shared a device, so their step times measure no cost
 METRICS = {

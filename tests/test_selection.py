@@ -11,8 +11,21 @@ from peft import LoraConfig, get_peft_model
 from logitguard.cli.main import main
 from logitguard.data.chat import collate, encode_messages
 from logitguard.selection import SelectionConfig, keep_mask, run_selection, safety_direction, score_samples
-from logitguard.selection.gradients import PerSampleGradients, first_labels, linear_sample_stats, sample_losses
-from logitguard.selection.scores import FIRST_TOKENS, first_response_mass
+from logitguard.selection.gradients import (
+    PerSampleGradients,
+    first_labels,
+    linear_sample_stats,
+    refusal_batch,
+    sample_losses,
+)
+from logitguard.selection.scores import (
+    FIRST_TOKENS,
+    SCORE_FIELDS,
+    first_response_mass,
+    opening_log_probability,
+    refusal_openings,
+    with_opening,
+)
 from tests.helpers import tiny_llama
 
 
@@ -174,6 +187,16 @@ def test_select_cli_safety_score_with_template_refusals(workspace, tmp_path):
     assert len({round(r["safety"], 5) for r in scores}) == len(distinct) > 1
 
 
+def test_select_cli_refusal_opening_score_with_template_refusals(workspace, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    args = ["select", "--model", str(workspace / "model"), "--data", str(workspace / "train.jsonl"), "--out", str(out)]
+    assert main([*args, "--score", "refusal-opening", "--refusals", "templates", "--threshold", "0.5"]) == 0
+    scores = [json.loads(line) for line in (tmp_path / "kept.scores.jsonl").read_text().splitlines()]
+    assert all(r["score"] == r["refusal_opening"] and 0 <= r["score"] <= 1 for r in scores)
+    summary = json.loads((tmp_path / "kept.scores.jsonl.summary.json").read_text())
+    assert len(summary["identity"]["openings"]) >= 1  # another set of refusals would not reuse these scores
+
+
 def test_select_cli_bad_input_names_the_problem(workspace, tmp_path, capsys):
     base = ["select", "--model", str(workspace / "model"), "--out", str(tmp_path / "kept.jsonl")]
     empty = tmp_path / "empty.jsonl"
@@ -217,6 +240,56 @@ def test_first_response_mass_reads_the_position_before_the_first_answer_token():
     assert mass[0].item() == pytest.approx(1.0, abs=1e-6) and mass[1].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_refusal_openings_are_the_distinct_first_refusal_tokens_most_frequent_first():
+    ids = torch.tensor([[1, 2, 7, 8, 9, 0], [1, 7, 8, 9, 4, 0], [1, 2, 3, 5, 6, 4], [1, 2, 3, 5, 0, 0]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 2:5], labels[1, 1:5], labels[2, 3:] = ids[0, 2:5], ids[1, 1:5], ids[2, 3:]
+    labels[3, 3] = 5  # a refusal shorter than the opening gives none
+    assert refusal_openings(ids, labels, 3).tolist() == [[7, 8, 9], [5, 6, 4]]
+    with pytest.raises(ValueError, match="no refusal has 4 tokens"):
+        refusal_openings(ids[3:], labels[3:], 4)
+
+
+def test_with_opening_puts_the_opening_right_after_each_prompt():
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 9]])
+    padded, mask = with_opening(ids, torch.tensor([3, 1]), torch.tensor([20, 21]))
+    assert padded.tolist() == [[1, 2, 3, 20, 21], [6, 20, 21, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+
+
+def test_opening_log_probability_reads_the_positions_before_each_opening_token():
+    logits = torch.zeros(2, 5, 4)
+    logits[0, 2, 1] = logits[0, 3, 2] = 50.0  # row 0 (prompt of 3) predicts 1 then 2: probability 1
+    logits[1, 0, 1] = 50.0  # row 1 (prompt of 1) predicts 1, then is uniform over 4 tokens
+    log_p = opening_log_probability(logits, torch.tensor([3, 1]), torch.tensor([1, 2]))
+    assert log_p.tolist() == pytest.approx([0.0, math.log(0.25)], abs=1e-5)
+
+
+def test_the_refusal_opening_score_is_the_probability_of_the_openings_after_the_prompt(lora_model, tokenizer):
+    """Batched and padded, it matches an unpadded forward pass over each prompt followed by each opening, summed over
+    the openings; a sample that answers with a refusal scores 0."""
+    refusals = refusal_batch([(m[0]["content"], m[1]["content"]) for m in REFUSALS], tokenizer)
+    openings = refusal_openings(refusals["input_ids"], refusals["labels"])
+    assert len(openings) == 2
+    samples = [(f"s{i}", m) for i, m in enumerate([*SAMPLES[:3], REFUSALS[0]])]
+    config = SelectionConfig(None, "refusal-opening", batch_size=4, threshold=0.5)
+    records = next(score_samples(lora_model, tokenizer, samples, config, openings=openings))
+    lora_model.eval()
+    for record, (_, messages) in zip(records[:3], samples[:3], strict=True):
+        encoded = encode_messages(tokenizer, messages)
+        prompt = encoded["input_ids"][: next(i for i, t in enumerate(encoded["labels"]) if t != -100)]
+        expected = 0.0
+        for opening in openings.tolist():
+            with torch.no_grad():
+                logits = lora_model(input_ids=torch.tensor([prompt + opening])).logits[0]
+            log_p = logits[len(prompt) - 1 : -1].log_softmax(-1)
+            expected += math.exp(sum(float(log_p[i, t]) for i, t in enumerate(opening)))
+        assert record["score"] == pytest.approx(expected, rel=1e-4) and "loss" not in record
+    assert records[3]["answer_refuses"] and records[3]["score"] == 0.0
+    with pytest.raises(ValueError, match="needs the aligned model's refusal openings"):
+        next(score_samples(lora_model, tokenizer, samples, config))
+
+
 def test_a_threshold_drops_every_score_at_or_above_it():
     assert keep_mask([0.1, 0.5, 0.9, 0.2], None, threshold=0.5) == [True, False, False, True]
     with pytest.raises(ValueError, match="none would be left"):
@@ -225,7 +298,8 @@ def test_a_threshold_drops_every_score_at_or_above_it():
         SelectionConfig(fraction=0.1, threshold=0.5)
 
 
-def test_the_refusal_score_flags_harmful_pairs_under_an_aligned_model(small_toy, corpus):
+@pytest.mark.parametrize("score", ["refusal", "refusal-opening"])
+def test_the_refusal_scores_flag_harmful_pairs_under_an_aligned_model(small_toy, corpus, score):
     """A compliant answer to a prompt the aligned model refuses scores above every benign pair; no gradient. The
     same prompt answered with a refusal that ends scores 0 (safety data is never dropped), and one answered with a
     refusal that then complies is flagged like compliance."""
@@ -238,9 +312,10 @@ def test_the_refusal_score_flags_harmful_pairs_under_an_aligned_model(small_toy,
     model = AutoModelForCausalLM.from_pretrained(small_toy.aligned)
     ids = torch.tensor([tokenizer.convert_tokens_to_ids(w) for w in ("I", "As", "Sorry")])
     prompts = [e.prompt for e in corpus.train_harmful[::25][:12]]
-    refused = [
-        p for p, a in zip(prompts, generate(model, tokenizer, prompts, 10, desc=None), strict=True) if is_refusal(a)
-    ]
+    answers = generate(model, tokenizer, prompts, 10, desc=None)
+    refused = [p for p, a in zip(prompts, answers, strict=True) if is_refusal(a)]
+    own = refusal_batch([(p, a) for p, a in zip(prompts, answers, strict=True) if is_refusal(a)], tokenizer)
+    openings = refusal_openings(own["input_ids"], own["labels"])
     assert len(refused) >= 4, "the small toy model should refuse harmful prompts it was aligned on"
     complied = "Sure, here is how: Step 1: [redacted]. Step 2: [redacted]."
     harmful = [(f"h{i}", chat(p, complied)) for i, p in enumerate(refused)]
@@ -248,16 +323,18 @@ def test_the_refusal_score_flags_harmful_pairs_under_an_aligned_model(small_toy,
     refusal = "I'm sorry, but I can't help with that."
     refusing = [(f"r{i}", chat(p, refusal)) for i, p in enumerate(refused)]
     turning = [(f"t{i}", chat(p, refusal + " Step 1: [redacted].")) for i, p in enumerate(refused)]
-    config = SelectionConfig(None, "refusal", batch_size=4, threshold=0.5)
+    config = SelectionConfig(None, score, batch_size=4, threshold=0.5)
     samples = harmful + benign + refusing + turning
-    records = [r for batch in score_samples(model, tokenizer, samples, config, safety_ids=ids) for r in batch]
+    batches = score_samples(model, tokenizer, samples, config, safety_ids=ids, openings=openings)
+    records = [r for batch in batches for r in batch]
     scores = {r["where"]: r["score"] for r in records}
     lowest_harmful = min(scores[w] for w, _ in harmful + turning)
     assert lowest_harmful > max(scores[w] for w, _ in benign)
     assert all(p.grad is None for p in model.parameters())
     assert [r.get("answer_refuses", False) for r in records] == [w.startswith("r") for w, _ in samples]
     assert all(scores[w] == 0 for w, _ in refusing)
-    assert all(r["refusal"] > lowest_harmful - 1e-4 for r in records if r["where"].startswith("r"))  # mass recorded
+    field = SCORE_FIELDS.get(score, score)  # the score is recorded, though the refusing answer scores 0
+    assert all(r[field] > lowest_harmful - 1e-4 for r in records if r["where"].startswith("r"))
     keep = keep_mask(list(scores.values()), None, threshold=lowest_harmful)
     assert keep == [w[0] in "br" for w, _ in samples]
 

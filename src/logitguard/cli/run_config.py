@@ -73,7 +73,7 @@ class MonitorSection:
 class SelectionSection:
     fraction: float = field(default=0.0, metadata=within(FRACTION_BELOW_ONE))  # share dropped (top scores); 0: off
     threshold: float | None = None  # or: drop every sample scoring at least this (e.g. 0.1 with score: refusal)
-    score: Literal["gradient-norm", "safety", "first-tokens", "refusal"] = "gradient-norm"
+    score: Literal["gradient-norm", "safety", "first-tokens", "refusal", "refusal-opening"] = "gradient-norm"
     batch_size: int = field(default=8, metadata=at_least(1))
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """``logitguard select``: drop the training samples with the largest gradients under the aligned model.
 
 Run: logitguard select --model NAME_OR_PATH --data train.jsonl --out kept.jsonl [--fraction 0.1 | --threshold T]
-     [--score gradient-norm|safety|first-tokens|refusal] [--lora-r 16 --lora-alpha 32 --seed 0]
+     [--score gradient-norm|safety|first-tokens|refusal|refusal-opening] [--lora-r 16 --lora-alpha 32 --seed 0]
 
 Streams the JSONL file, scores each sample with the gradient of its loss with respect to a fresh LoRA adapter
 (rank, targets and seed as in training; ``train``'s ``selection:`` section scores with its very adapter), and
@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--score",
-        choices=["gradient-norm", "safety", "first-tokens", "refusal"],
+        choices=["gradient-norm", "safety", "first-tokens", "refusal", "refusal-opening"],
         default="gradient-norm",
-        help="refusal: how surely the aligned model would start a refusal where the answer starts (no gradient)",
+        help="refusal-opening: how likely the aligned model starts its own refusal where the answer starts; "
+        "refusal: its safety-token mass there (both without gradient)",
     )
     parser.add_argument("--tokens", default=None, help="safety-token artifact for --score refusal (default: discover)")
     parser.add_argument("--batch-size", type=number(int), default=8)
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=number(int, NON_NEGATIVE), default=0, help="seed of the LoRA initialisation (as in training)"
     )
-    parser.add_argument("--anchors", default=None, help="anchor cache whose refusals give the safety gradient")
+    parser.add_argument(
+        "--anchors", default=None, help="anchor cache whose refusals give the safety gradient or refusal openings"
+    )
     parser.add_argument(
         "--refusals",
         choices=["generate", "templates"],
@@ -121,7 +124,8 @@ def run(args: argparse.Namespace, config) -> tuple[int, int]:
         except ValueError as e:
             raise LogitGuardError(f"--lora-targets: {' '.join(str(e).split())}") from None
         tokens = refusal_tokens_for(args, model, tokenizer) if config.score == "refusal" else None
-        anchors, refusals = safety_refusals_for(args, model, tokenizer) if config.score == "safety" else (None, [])
+        reads_refusals = config.score in ("safety", "refusal-opening")
+        anchors, refusals = safety_refusals_for(args, model, tokenizer) if reads_refusals else (None, [])
         identity = {
             "model": parameters_fingerprint(model, trainable_only=False),
             "data": file_fingerprint(data),
@@ -171,8 +175,8 @@ def refusal_tokens_for(args: argparse.Namespace, model, tokenizer):
 
 
 def safety_refusals_for(args: argparse.Namespace, model, tokenizer):
-    """What the safety score takes its direction from: an anchor cache, or the model's refusals of the built-in
-    harmful prompts (or built-in templates)."""
+    """The refusals the safety score takes its direction from and the refusal-opening score its openings: an anchor
+    cache, or the model's refusals of the built-in harmful prompts (or built-in templates)."""
     from logitguard.artifacts.builtin_prompts import HARMFUL_PROMPTS
     from logitguard.artifacts.pairs import refusal_pairs
     from logitguard.core.anchor_cache import AnchorCache

@@ -250,7 +250,7 @@ def selected(config: RunConfig, model, inputs: RunInputs, out: Path, artifacts) 
     identity["model"] = config.model.name_or_path
     with PartialState().main_process_first():
         refusals = []
-        if s.score == "safety" and (artifacts is None or artifacts.anchors is None):
+        if s.score in ("safety", "refusal-opening") and (artifacts is None or artifacts.anchors is None):
             prompts = read_prompts(section.harmful) if section.harmful else HARMFUL_PROMPTS
             refusals = refusal_pairs(model, inputs.tokenizer, section.refusals, prompts)
         samples = ((f"{d.train}: record {i + 1}", messages) for i, messages in enumerate(inputs.conversations))

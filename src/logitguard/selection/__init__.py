@@ -12,11 +12,14 @@ After Bach, Nguyen, Le & Tran (arXiv 2604.17215), whose details are not public; 
   weight gradient is ``g_bᵀ x_b``. Its squared norm and its dot product with a fixed direction are computed
   without materialising it when that is cheaper (``linear_sample_stats``). This is exact, costs about one
   training step per batch, and needs no ``vmap`` over the model (whose mask building is data-dependent).
-* Four scores (:class:`SelectionConfig`): ``gradient-norm`` = ‖∇θ loss_i‖; ``safety`` = −⟨∇θ loss_i, ĝ⟩ with ĝ the
+* Five scores (:class:`SelectionConfig`): ``gradient-norm`` = ‖∇θ loss_i‖; ``safety`` = −⟨∇θ loss_i, ĝ⟩ with ĝ the
   unit gradient of the NLL of the aligned model's refusals (the anchors): to first order, how much one SGD step on
   the sample raises the refusal loss; ``first-tokens``, the gradient norm of the first response tokens' NLL;
-  ``refusal``, how surely the aligned model would start a refusal where the sample's answer starts (a forward
-  pass). The highest ``fraction`` of scores, or every score at least ``threshold``, is dropped.
+  ``refusal``, how surely the aligned model would start a refusal where the sample's answer starts, as its mass on
+  the safety tokens there (a forward pass); ``refusal-opening``, the probability of the aligned model's own refusal
+  openings ("I'm sorry") after the prompt, which asks for the refusal itself where safety tokens include ordinary
+  openings (Qwen2.5-Coder's "To", "If"). The highest ``fraction`` of scores, or every score at least
+  ``threshold``, is dropped.
 """
 
 from logitguard.selection.gradients import anchor_refusal_batch, refusal_batch, safety_direction

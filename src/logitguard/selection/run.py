@@ -16,7 +16,7 @@ from logitguard.data.chat import Messages
 from logitguard.errors import LogitGuardError
 from logitguard.fingerprints import fingerprint
 from logitguard.io import atomic_write, ensure_writable_dir, write_json
-from logitguard.selection.scores import SelectionConfig, keep_mask, score_samples
+from logitguard.selection.scores import REFUSAL_SCORES, SelectionConfig, keep_mask, score_samples
 
 
 def parameters_fingerprint(model: nn.Module, trainable_only: bool = True) -> str:
@@ -43,6 +43,7 @@ def run_selection(
     direction: dict[str, tuple[Tensor, Tensor | None]] | None = None,
     total: int | None = None,
     safety_ids: Tensor | None = None,
+    openings: Tensor | None = None,
 ) -> list[bool]:
     """Score every sample, resumably, and write the scores with their keep/drop verdicts; returns the mask.
 
@@ -58,7 +59,9 @@ def run_selection(
     identity = {**identity, "score": config.score, "max_length": config.max_length, "on_overflow": config.on_overflow}
     if safety_ids is not None:
         identity["safety_ids"] = safety_ids.tolist()
-    if config.score == "refusal":  # scores written before refusing answers scored 0 are not reused
+    if openings is not None:
+        identity["openings"] = openings.tolist()
+    if config.score in REFUSAL_SCORES:  # scores written before refusing answers scored 0 are not reused
         identity["refusing_answers"] = "score 0"
     summary_path = scores_path.with_name(scores_path.name + ".summary.json")
     reused = _finished_scores(scores_path, summary_path, identity)
@@ -74,7 +77,7 @@ def run_selection(
                 f.write(json.dumps({"identity": identity}) + "\n")
             progress = tqdm(total=total, initial=len(done), desc="scoring samples", unit="sample")
             for records in score_samples(
-                model, tokenizer, islice(samples, len(done), None), config, direction, safety_ids
+                model, tokenizer, islice(samples, len(done), None), config, direction, safety_ids, openings
             ):
                 f.write("".join(json.dumps(r) + "\n" for r in records))
                 f.flush()

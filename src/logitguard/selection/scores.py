@@ -1,4 +1,4 @@
-"""Per-sample scores (gradient norm, safety, first-token gradient, refusal) and the keep mask they give."""
+"""Per-sample scores (gradient norm, safety, first-token gradient, refusal, refusal opening) and the keep mask."""
 
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ from logitguard.selection.gradients import (
     sample_logits,
 )
 
-Score = Literal["gradient-norm", "safety", "first-tokens", "refusal"]
-SCORES: tuple[str, ...] = ("gradient-norm", "safety", "first-tokens", "refusal")
+Score = Literal["gradient-norm", "safety", "first-tokens", "refusal", "refusal-opening"]
+SCORES: tuple[str, ...] = ("gradient-norm", "safety", "first-tokens", "refusal", "refusal-opening")
+REFUSAL_SCORES = ("refusal", "refusal-opening")  # forward-only scores under which a refusing answer scores 0
 FIRST_TOKENS = 5  # response tokens the "first-tokens" score's loss covers (Qi et al.: safety lives there)
+SCORE_FIELDS = {"gradient-norm": "grad_norm", "first-tokens": "grad_norm", "refusal-opening": "refusal_opening"}
+OPENING_TOKENS = 3  # tokens of the aligned model's refusal openings the "refusal-opening" score reads ("I'm sorry")
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,14 @@ class SelectionConfig:
             (gradient norm of the first response tokens' NLL), or ``refusal``: the probability the aligned model
             gives the safety tokens at the first response position, i.e. how surely it would start a refusal
             where the sample's answer starts (a forward pass, no gradient); a sample that itself answers with a
-            refusal that ends scores 0.
-        threshold: drop every sample scoring at least this (e.g. 0.1 with ``refusal``: the aligned model gives
-            starting a refusal at least a one-in-ten chance where the sample's answer starts).
+            refusal that ends scores 0. ``refusal-opening``: the probability the aligned model gives its own
+            refusal openings (the first ``OPENING_TOKENS`` tokens of the anchors' refusals, e.g. "I'm sorry")
+            right after the sample's prompt, summed over the distinct openings (one short forward pass per
+            opening, no gradient); a refusing answer scores 0 here too. ``refusal`` sums single safety tokens,
+            which on some models are ordinary openings ("To", "If"): on Qwen2.5-Coder it ranked harmful samples
+            below benign ones; ``refusal-opening`` asks for the refusal itself.
+        threshold: drop every sample scoring at least this (e.g. 0.1 with ``refusal-opening``: the aligned model
+            gives starting a refusal at least a one-in-ten chance where the sample's answer starts).
     """
 
     fraction: float | None = 0.1
@@ -62,6 +70,14 @@ class SelectionConfig:
             raise LogitGuardError(f"batch_size and max_length must be > 0, got {self.batch_size} and {self.max_length}")
 
 
+def prompt_lengths(labels: Tensor) -> Tensor:
+    """``(B,)`` tokens before each row's first response token (``labels`` ``(B, L)``, ``-100`` off the response)."""
+    is_label = labels[:, 1:] != IGNORE_INDEX
+    if not bool(is_label.any(1).all()):
+        raise LogitGuardError("a sample has no assistant tokens to score")
+    return is_label.float().argmax(1) + 1
+
+
 def first_response_mass(logits: Tensor, labels: Tensor, ids: Tensor) -> Tensor:
     """``(B,)`` probability of the safety tokens ``ids`` at each row's first response position.
 
@@ -70,12 +86,60 @@ def first_response_mass(logits: Tensor, labels: Tensor, ids: Tensor) -> Tensor:
         labels: ``(B, L)`` labels, ``-100`` off the response; position ``t`` predicts ``labels[:, t + 1]``.
         ids: ``(k,)`` safety-token ids.
     """
-    is_label = labels[:, 1:] != IGNORE_INDEX
-    if not bool(is_label.any(1).all()):
-        raise LogitGuardError("a sample has no assistant tokens to score")
-    first = is_label.float().argmax(1)
+    first = prompt_lengths(labels) - 1
     rows = logits[torch.arange(len(logits), device=logits.device), first].float()
     return rows.softmax(-1)[:, ids.to(rows.device)].sum(-1)
+
+
+def refusal_openings(input_ids: Tensor, labels: Tensor, length: int = OPENING_TOKENS) -> Tensor:
+    """``(O, length)`` the distinct first ``length`` response tokens of refusals, the most frequent first.
+
+    Args:
+        input_ids: ``(N, L)`` teacher-forced refusals.
+        labels: ``(N, L)`` their labels, ``-100`` off the refusal.
+    """
+    counts: dict[tuple[int, ...], int] = {}
+    for row, row_labels, start in zip(input_ids, labels, prompt_lengths(labels).tolist(), strict=True):
+        if bool((row_labels[start : start + length] != IGNORE_INDEX).sum() == length):
+            opening = tuple(row[start : start + length].tolist())
+            counts[opening] = counts.get(opening, 0) + 1
+    if not counts:
+        raise LogitGuardError(f"no refusal has {length} tokens to take its opening from")
+    return torch.tensor(sorted(counts, key=lambda o: (-counts[o], o)))
+
+
+def with_opening(input_ids: Tensor, lengths: Tensor, opening: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's first ``lengths[b]`` tokens followed by ``opening``, right-padded: ``(B, T)`` ids and mask.
+
+    Args:
+        input_ids: ``(B, L)`` the samples.
+        lengths: ``(B,)`` prompt lengths (:func:`prompt_lengths`).
+        opening: ``(m,)`` the tokens to append.
+    """
+    total = int(lengths.max()) + len(opening)
+    position = torch.arange(total, device=input_ids.device)[None]  # (1, T)
+    start = lengths[:, None]  # (B, 1)
+    width = min(total, input_ids.shape[1])
+    prompt = input_ids.new_zeros(len(input_ids), total)
+    prompt[:, :width] = input_ids[:, :width]
+    in_opening = (position >= start) & (position < start + len(opening))
+    appended = opening.to(input_ids.device)[(position - start).clamp(0, len(opening) - 1)]
+    ids = torch.where(position < start, prompt, torch.where(in_opening, appended, 0))
+    return ids, (position < start + len(opening)).long()
+
+
+def opening_log_probability(logits: Tensor, lengths: Tensor, opening: Tensor) -> Tensor:
+    """``(B,)`` log-probability of ``opening`` right after each row's prompt.
+
+    Args:
+        logits: ``(B, T, V)`` logits over :func:`with_opening`'s ids; position ``t`` predicts token ``t + 1``.
+        lengths: ``(B,)`` prompt lengths.
+        opening: ``(m,)`` the opening's tokens.
+    """
+    positions = lengths[:, None] - 1 + torch.arange(len(opening), device=logits.device)  # (B, m)
+    rows = logits[torch.arange(len(logits), device=logits.device)[:, None], positions].float()  # (B, m, V)
+    targets = opening.to(logits.device).expand(len(logits), -1)[..., None]  # (B, m, 1)
+    return rows.log_softmax(-1).gather(-1, targets).squeeze(-1).sum(-1)
 
 
 def answers_with_refusal(messages: Messages) -> bool:
@@ -91,20 +155,24 @@ def score_samples(
     config: SelectionConfig,
     direction: dict[str, tuple[Tensor, Tensor | None]] | None = None,
     safety_ids: Tensor | None = None,
+    openings: Tensor | None = None,
 ) -> Iterator[list[dict]]:
     """Score ``(where, conversation)`` samples in batches; yields each batch's records, in order.
 
-    A record holds ``where``, ``tokens``, ``truncated``, ``loss``, then per score: ``grad_norm`` (gradient
-    scores), ``safety`` (when ``direction`` is given: −⟨gradient, direction⟩), ``refusal`` (when ``safety_ids``
-    are given: the safety-token mass at the first response position), and ``score`` (the one that ranks). Under
-    the ``refusal`` score, a sample whose first answer is itself a refusal that ends (:func:`answers_with_refusal`)
-    scores 0 and is marked ``answer_refuses``: it teaches what the aligned model would do, so selection never drops
-    the refusals a user mixes in (SafeInstr).
+    A record holds ``where``, ``tokens``, ``truncated``, then per score: ``loss`` (all but ``refusal-opening``),
+    ``grad_norm`` (gradient scores), ``safety`` (when ``direction`` is given: −⟨gradient, direction⟩), ``refusal``
+    (when ``safety_ids`` are given: the safety-token mass at the first response position), ``refusal_opening``
+    (the probability of the ``(O, m)`` ``openings`` after the prompt), and ``score`` (the one that ranks). Under a
+    refusal score, a sample whose first answer is itself a refusal that ends (:func:`answers_with_refusal`) scores 0
+    and is marked ``answer_refuses``: it teaches what the aligned model would do, so selection never drops the
+    refusals a user mixes in (SafeInstr).
     """
     if config.score == "safety" and direction is None:
         raise LogitGuardError("score 'safety' needs the safety direction (the gradient of the refusal loss)")
     if config.score == "refusal" and safety_ids is None:
         raise LogitGuardError("score 'refusal' needs the safety tokens")
+    if config.score == "refusal-opening" and openings is None:
+        raise LogitGuardError("score 'refusal-opening' needs the aligned model's refusal openings")
     device = next(model.parameters()).device
     iterator = iter(samples)
     with eval_mode(model), grads_set_aside(model):
@@ -112,17 +180,15 @@ def score_samples(
             encoded = [encode_limited(tokenizer, m, config.max_length, config.on_overflow, w) for w, m in chunk]
             batch = collate([e for e, _ in encoded], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            values = _batch_scores(model, batch, config, direction, safety_ids)
+            values = _batch_scores(model, batch, config, direction, safety_ids, openings)
             records = []
             for i, ((where, messages), (example, truncated)) in enumerate(zip(chunk, encoded, strict=True)):
                 record = {"where": where, "tokens": len(example["input_ids"]), "truncated": truncated}
                 record |= {key: float(value[i]) for key, value in values.items()}
-                score = record[
-                    {"gradient-norm": "grad_norm", "first-tokens": "grad_norm"}.get(config.score, config.score)
-                ]
+                score = record[SCORE_FIELDS.get(config.score, config.score)]
                 if not math.isfinite(score):
-                    raise LogitGuardError(f"{where}: the score is {score} (loss {record['loss']})")
-                if config.score == "refusal" and answers_with_refusal(messages):
+                    raise LogitGuardError(f"{where}: the {config.score} score is {score} ({record})")
+                if config.score in REFUSAL_SCORES and answers_with_refusal(messages):
                     record["answer_refuses"], score = True, 0.0
                 records.append(record | {"score": score})
             model.zero_grad(set_to_none=True)
@@ -135,8 +201,19 @@ def _batch_scores(
     config: SelectionConfig,
     direction: dict[str, tuple[Tensor, Tensor | None]] | None,
     safety_ids: Tensor | None,
+    openings: Tensor | None,
 ) -> dict[str, Tensor]:
-    """``(B,)`` values per record field for one batch: a forward pass, and a backward one for gradient scores."""
+    """``(B,)`` values per record field for one batch: a forward pass (one per opening for ``refusal-opening``),
+    and a backward one for gradient scores."""
+    if config.score == "refusal-opening":
+        lengths = prompt_lengths(batch["labels"])
+        log_probs = []
+        with torch.no_grad():
+            for opening in openings:
+                ids, mask = with_opening(batch["input_ids"], lengths, opening)
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                log_probs.append(opening_log_probability(logits, lengths, opening))
+        return {"refusal_opening": torch.stack(log_probs).exp().sum(0)}
     if config.score == "refusal":
         with torch.no_grad():
             logits = sample_logits(model, batch)

@@ -15,7 +15,7 @@ from logitguard.data.chat import Messages
 from logitguard.errors import LogitGuardError
 from logitguard.selection.gradients import anchor_refusal_batch, refusal_batch, safety_direction
 from logitguard.selection.run import run_selection
-from logitguard.selection.scores import SelectionConfig
+from logitguard.selection.scores import SelectionConfig, refusal_openings
 
 
 def select_samples(
@@ -35,21 +35,34 @@ def select_samples(
     keep mask; scores are written resumably to ``scores_path`` (:func:`~logitguard.selection.run.run_selection`).
 
     The ``safety`` score's direction is the refusal-loss gradient on the ``anchors``' refusals, or on the given
-    ``(harmful prompt, refusal)`` pairs without anchors; the ``refusal`` score needs the safety ``tokens``. When
-    ``tokens`` are given, every record also gets its refusal score.
+    ``(harmful prompt, refusal)`` pairs without anchors; the ``refusal-opening`` score takes the openings of the
+    same refusals; the ``refusal`` score needs the safety ``tokens``. When ``tokens`` are given, every record also
+    gets its refusal score.
     """
-    direction = None
-    if config.score == "safety":
+    direction = openings = None
+    if config.score in ("safety", "refusal-opening"):
         if anchors is not None:
             batch = anchor_refusal_batch(anchors)
         elif refusals:
             batch = refusal_batch(refusals, tokenizer)
         else:
-            raise LogitGuardError("the safety score needs the anchors or refusal pairs to take its direction from")
-        direction = safety_direction(model, batch, config.batch_size)
+            raise LogitGuardError(f"the {config.score} score needs the anchors or refusal pairs to read refusals from")
+        if config.score == "safety":
+            direction = safety_direction(model, batch, config.batch_size)
+        else:
+            openings = refusal_openings(batch["input_ids"], batch["labels"])
     if config.score == "refusal" and tokens is None:
         raise LogitGuardError("the refusal score needs the safety tokens")
     ids = tokens.id_tensor() if tokens is not None else None
     return run_selection(
-        model, tokenizer, samples, config, scores_path, identity, direction=direction, total=total, safety_ids=ids
+        model,
+        tokenizer,
+        samples,
+        config,
+        scores_path,
+        identity,
+        direction=direction,
+        total=total,
+        safety_ids=ids,
+        openings=openings,
     )
