@@ -313,8 +313,9 @@ def test_the_refusal_scores_flag_harmful_pairs_under_an_aligned_model(small_toy,
     ids = torch.tensor([tokenizer.convert_tokens_to_ids(w) for w in ("I", "As", "Sorry")])
     prompts = [e.prompt for e in corpus.train_harmful[::25][:12]]
     answers = generate(model, tokenizer, prompts, 10, desc=None)
-    refused = [p for p, a in zip(prompts, answers, strict=True) if is_refusal(a)]
-    own = refusal_batch([(p, a) for p, a in zip(prompts, answers, strict=True) if is_refusal(a)], tokenizer)
+    own_refusals = [(p, a) for p, a in zip(prompts, answers, strict=True) if is_refusal(a)]
+    refused = [p for p, _ in own_refusals]
+    own = refusal_batch(own_refusals, tokenizer)
     openings = refusal_openings(own["input_ids"], own["labels"])
     assert len(refused) >= 4, "the small toy model should refuse harmful prompts it was aligned on"
     complied = "Sure, here is how: Step 1: [redacted]. Step 2: [redacted]."

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace, config) -> tuple[int, int]:
     from logitguard.io import atomic_write, ensure_writable_dir
     from logitguard.outputs import OutputLock, record_file
     from logitguard.selection import parameters_fingerprint, select_samples
+    from logitguard.selection.scores import READS_REFUSALS
     from logitguard.settings import LoraSection
 
     data, out = Path(args.data), Path(args.out)
@@ -124,8 +125,8 @@ def run(args: argparse.Namespace, config) -> tuple[int, int]:
         except ValueError as e:
             raise LogitGuardError(f"--lora-targets: {' '.join(str(e).split())}") from None
         tokens = refusal_tokens_for(args, model, tokenizer) if config.score == "refusal" else None
-        reads_refusals = config.score in ("safety", "refusal-opening")
-        anchors, refusals = safety_refusals_for(args, model, tokenizer) if reads_refusals else (None, [])
+        reads = config.score in READS_REFUSALS
+        anchors, refusals = safety_refusals_for(args, model, tokenizer) if reads else (None, [])
         identity = {
             "model": parameters_fingerprint(model, trainable_only=False),
             "data": file_fingerprint(data),

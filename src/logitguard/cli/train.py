@@ -242,6 +242,7 @@ def selected(config: RunConfig, model, inputs: RunInputs, out: Path, artifacts) 
     from logitguard.artifacts.pairs import refusal_pairs
     from logitguard.data.prompt_files import read_prompts
     from logitguard.selection import SelectionConfig, parameters_fingerprint, select_samples
+    from logitguard.selection.scores import READS_REFUSALS
 
     s, d, section = config.selection, config.data, config.str_section
     fraction = s.fraction if s.threshold is None else None
@@ -250,7 +251,7 @@ def selected(config: RunConfig, model, inputs: RunInputs, out: Path, artifacts) 
     identity["model"] = config.model.name_or_path
     with PartialState().main_process_first():
         refusals = []
-        if s.score in ("safety", "refusal-opening") and (artifacts is None or artifacts.anchors is None):
+        if s.score in READS_REFUSALS and (artifacts is None or artifacts.anchors is None):
             prompts = read_prompts(section.harmful) if section.harmful else HARMFUL_PROMPTS
             refusals = refusal_pairs(model, inputs.tokenizer, section.refusals, prompts)
         samples = ((f"{d.train}: record {i + 1}", messages) for i, messages in enumerate(inputs.conversations))

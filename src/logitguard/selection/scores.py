@@ -27,6 +27,7 @@ from logitguard.selection.gradients import (
 Score = Literal["gradient-norm", "safety", "first-tokens", "refusal", "refusal-opening"]
 SCORES: tuple[str, ...] = ("gradient-norm", "safety", "first-tokens", "refusal", "refusal-opening")
 REFUSAL_SCORES = ("refusal", "refusal-opening")  # forward-only scores under which a refusing answer scores 0
+READS_REFUSALS = ("safety", "refusal-opening")  # scores that need the aligned model's refusals (anchors or pairs)
 FIRST_TOKENS = 5  # response tokens the "first-tokens" score's loss covers (Qi et al.: safety lives there)
 SCORE_FIELDS = {"gradient-norm": "grad_norm", "first-tokens": "grad_norm", "refusal-opening": "refusal_opening"}
 OPENING_TOKENS = 3  # tokens of the aligned model's refusal openings the "refusal-opening" score reads ("I'm sorry")

@@ -15,7 +15,7 @@ from logitguard.data.chat import Messages
 from logitguard.errors import LogitGuardError
 from logitguard.selection.gradients import anchor_refusal_batch, refusal_batch, safety_direction
 from logitguard.selection.run import run_selection
-from logitguard.selection.scores import SelectionConfig, refusal_openings
+from logitguard.selection.scores import READS_REFUSALS, SelectionConfig, refusal_openings
 
 
 def select_samples(
@@ -40,7 +40,7 @@ def select_samples(
     gets its refusal score.
     """
     direction = openings = None
-    if config.score in ("safety", "refusal-opening"):
+    if config.score in READS_REFUSALS:
         if anchors is not None:
             batch = anchor_refusal_batch(anchors)
         elif refusals:
