@@ -92,3 +92,14 @@ def test_report_renders_in_headless_chromium(tmp_path):
     )
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[0] == 1600 and pixels.std() > 0.05  # not a blank page
+
+
+def test_the_figure_legend_names_every_method_of_every_panel_in_the_style_of_its_points():
+    from logitguard.evaluation.plots import legend_entries
+
+    panels = {"benign": {"sft": [(0.1, 0.2)], "safeinstr": [(0.1, 0.3)]}, "harmful": {"sft": [(0.2, 0.2)], "str": []}}
+    entries = legend_entries(panels, aligned=True)
+    assert [name for name, _ in entries] == ["sft", "safeinstr", "str", "aligned model"]  # safeinstr: benign only
+    styles = [(style["marker"], style["color"]) for _, style in entries]
+    assert len(set(styles)) == len(styles)
+    assert [name for name, _ in legend_entries(panels)] == ["sft", "safeinstr", "str"]

@@ -50,18 +50,39 @@ def plot_refusal_curves(curves: Mapping[str, Series], path: Path, title: str = "
     return save_figure(fig, path)
 
 
+def _style(i: int) -> dict:
+    """The marker and colour of the ``i``-th label (the same in every panel)."""
+    return {"marker": MARKERS[i % len(MARKERS)], "color": f"C{i % 10}"}
+
+
 def _scatter(ax, points: Points, labels: list[str]) -> None:
-    """``points`` in percent, each label in the colour and marker of its place in ``labels`` (the same in every
-    panel)."""
+    """``points`` in percent, each label in the style of its place in ``labels``."""
     for label, xy in points.items():
-        i = labels.index(label)
         xs, ys = zip(*xy, strict=True)
-        style = {"marker": MARKERS[i % len(MARKERS)], "color": f"C{i % 10}"}
-        ax.scatter([100 * x for x in xs], [100 * y for y in ys], s=55, label=label, **style)
+        ax.scatter([100 * x for x in xs], [100 * y for y in ys], s=55, **_style(labels.index(label)))
 
 
 def _labels(panels: Mapping[str, Points]) -> list[str]:
     return list(dict.fromkeys(label for points in panels.values() for label in points))
+
+
+def legend_entries(panels: Mapping[str, Points], aligned: bool = False) -> list[tuple[str, dict]]:
+    """The figure's one legend: every label of every panel in the style its points have (a method present in one
+    panel only is named too), then the aligned model's cross."""
+    entries = [(label, _style(i)) for i, label in enumerate(_labels(panels))]
+    return entries + ([("aligned model", {"marker": "x", "color": "black"})] if aligned else [])
+
+
+def _figure_legend(fig, panels: Mapping[str, Points], aligned: bool = False) -> None:
+    """:func:`legend_entries` below the panels."""
+    from matplotlib.lines import Line2D
+
+    entries = legend_entries(panels, aligned)
+    handles = [Line2D([], [], linestyle="", markersize=7, **style) for _, style in entries]
+    ncol = min(len(entries), 3)
+    fig.legend(
+        handles, [name for name, _ in entries], loc="upper center", bbox_to_anchor=(0.5, 0), ncol=ncol, fontsize=8
+    )
 
 
 def plot_refusal_vs_over_refusal(
@@ -76,13 +97,13 @@ def plot_refusal_vs_over_refusal(
         _scatter(ax, points, labels)
         if aligned is not None:
             x, y = 100 * aligned[0], 100 * aligned[1]
-            ax.scatter([x], [y], marker="x", s=90, color="black", label="aligned model")
+            ax.scatter([x], [y], marker="x", s=90, color="black")
             ax.axhline(y, color="black", linewidth=0.6, linestyle=":")
             ax.axvline(x, color="black", linewidth=0.6, linestyle=":")
         ax.set(xlabel="over-refusal (%)", ylabel="harmful refusal (%)", xlim=(-5, 105), ylim=(-5, 105), title=title)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
+    _figure_legend(fig, panels, aligned is not None)
     return save_figure(fig, path)
 
 
@@ -95,8 +116,8 @@ def plot_safety_vs_utility(panels: Mapping[str, Points], path: Path, task: str =
         _scatter(ax, points, labels)
         ax.set(xlabel=f"{task} (%)", ylabel="harmful refusal (%)", xlim=(-5, 105), ylim=(-5, 105), title=title)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
+    _figure_legend(fig, panels)
     return save_figure(fig, path)
 
 
