@@ -109,7 +109,7 @@ def prepare(bench: RealBenchmark, work: Path, data_root: Path, model: str, neede
     anchor_paths = {name: work / name / "anchors.safetensors" for name in sorted(needed)}
     if not all(path.is_file() for path in [tokens_path, aligned_path, *anchor_paths.values()]):
         aligned = setting.load_aligned()
-        prepare_artifacts(aligned, setting.tokenizer, tokens_path, work / "default" / "anchors.safetensors").save()
+        prepare_artifacts(aligned, setting.tokenizer, tokens_path, anchor_paths["default"]).save()
         if "many" in needed:
             many = bench.many_prompts(data_root, setting)
             prepare_artifacts(aligned, setting.tokenizer, tokens_path, anchor_paths["many"], harmful=many).save()

@@ -19,6 +19,7 @@ from logitguard.io import atomic_write
 Series = Sequence[tuple[int, float]]  # (step, value)
 Points = Mapping[str, Sequence[tuple[float, float]]]  # label -> (x, y) points, e.g. one per seed
 MARKERS = "osD^v<>PX*"
+ALIGNED_STYLE = {"marker": "x", "color": "black"}  # the aligned model's cross, in its panels and the legend
 
 
 def _pyplot():
@@ -70,7 +71,7 @@ def legend_entries(panels: Mapping[str, Points], aligned: bool = False) -> list[
     """The figure's one legend: every label of every panel in the style its points have (a method present in one
     panel only is named too), then the aligned model's cross."""
     entries = [(label, _style(i)) for i, label in enumerate(_labels(panels))]
-    return entries + ([("aligned model", {"marker": "x", "color": "black"})] if aligned else [])
+    return entries + ([("aligned model", ALIGNED_STYLE)] if aligned else [])
 
 
 def _figure_legend(fig, panels: Mapping[str, Points], aligned: bool = False) -> None:
@@ -97,7 +98,7 @@ def plot_refusal_vs_over_refusal(
         _scatter(ax, points, labels)
         if aligned is not None:
             x, y = 100 * aligned[0], 100 * aligned[1]
-            ax.scatter([x], [y], marker="x", s=90, color="black")
+            ax.scatter([x], [y], s=90, **ALIGNED_STYLE)
             ax.axhline(y, color="black", linewidth=0.6, linestyle=":")
             ax.axvline(x, color="black", linewidth=0.6, linestyle=":")
         ax.set(xlabel="over-refusal (%)", ylabel="harmful refusal (%)", xlim=(-5, 105), ylim=(-5, 105), title=title)
