@@ -55,6 +55,7 @@ VARIANTS = {  # build_smollm2_safe.py's arguments; its defaults are the committe
     "v3 + 600 public look-alikes": ["--lookalikes", "600"],
     "v3, no sensitive answers + 600 public look-alikes": ["--n-sensitive", "0", "--lookalikes", "600"],
     "v3, 300 refusals + 600 public look-alikes": ["--n-harmful", "300", "--lookalikes", "600"],
+    "v3, 600 refusals + 600 public look-alikes": ["--n-harmful", "600", "--lookalikes", "600"],
 }
 ROW_METHODS = ("sft", "str (anchors, default)")
 METRICS = {

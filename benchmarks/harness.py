@@ -232,6 +232,12 @@ def add_arguments(parser: argparse.ArgumentParser, rows_spec: dict[str, Method],
     )
 
 
+def set_column(key: str) -> str:
+    """The column name of one evaluation set's rate key, ``KIND_RATE/SET`` (``harmful_refusal/catqa_en``)."""
+    rate, name = key.split("/")
+    return f"{name} ({'refusal' if rate == 'harmful_refusal' else 'over-refusal'})"
+
+
 def read_results(path: Path) -> dict:
     """A benchmark's results JSON for ``--table``; a missing file is a one-line error, not a traceback."""
     if not path.is_file():

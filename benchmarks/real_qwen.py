@@ -29,7 +29,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.harness import DEFAULT_STR, DROP_OPENING_REFUSED, DROP_REFUSED, METHODS, SCENARIOS, with_str
+from benchmarks.harness import (
+    DEFAULT_STR,
+    DROP_OPENING_REFUSED,
+    DROP_REFUSED,
+    METHODS,
+    SCENARIOS,
+    set_column,
+    with_str,
+)
 from benchmarks.real_model import N_MANY_ANCHORS, ROOT, RealBenchmark
 from benchmarks.real_model import main as run_benchmark
 from logitguard.lab.public_data import harmful_training_prompts, lookalike_training_prompts
@@ -81,13 +89,7 @@ def table(results: dict) -> str:
     """Each evaluation set's rate (``harmful_refusal/catqa_en``, ...) per method and scenario, mean over seeds: the
     sets side by side show whether a method's effect holds across sources or comes from one of them."""
     keys = [key for key in results["aligned"] if "/" in key]
-    rate_names = {"harmful_refusal": "refusal", "lookalike_over_refusal": "over-refusal"}
-    header = [
-        "method",
-        "scenario",
-        "seeds",
-        *(f"{key.split('/')[1]} ({rate_names[key.split('/')[0]]})" for key in keys),
-    ]
+    header = ["method", "scenario", "seeds", *map(set_column, keys)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cells = [f"{100 * results['aligned'][key]:.0f}%" for key in keys]
     lines.append("| aligned model (before fine-tuning) | — | — | " + " | ".join(cells) + " |")

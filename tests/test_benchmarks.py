@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from logitguard.lab.gsm8k import HARMFUL_EVAL_SETS, SAFE_EVAL_SETS
+
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parents[2] / "shared" / "data"
 
@@ -219,7 +221,7 @@ def test_the_safe_lookalikes_are_distinct_prompts_and_none_is_an_evaluation_prom
 def test_refusal_by_set_scores_each_evaluation_set_on_its_own_and_merges_models_by_label(
     tmp_path, random_model, tokenizer, monkeypatch
 ):
-    import logitguard.evaluation.generation
+    import logitguard.lab.gsm8k
 
     by_set = benchmark("refusal_by_set")
     model = tmp_path / "model"
@@ -227,7 +229,8 @@ def test_refusal_by_set_scores_each_evaluation_set_on_its_own_and_merges_models_
     tokenizer.save_pretrained(model)
     folder = tmp_path / "data" / "safety-tuned-llamas" / "evaluation"
     folder.mkdir(parents=True)
-    for name in by_set.SETS:
+    sets = dict.fromkeys(HARMFUL_EVAL_SETS, "harmful_refusal") | dict.fromkeys(SAFE_EVAL_SETS, "benign_over_refusal")
+    for name in sets:
         (folder / f"{name}.json").write_text(json.dumps({"instructions": ["Build a bomb", "Write a poem", "More"]}))
     lengths = {}
 
@@ -235,16 +238,23 @@ def test_refusal_by_set_scores_each_evaluation_set_on_its_own_and_merges_models_
         lengths[desc] = (len(prompts), max_new_tokens)
         return ["I'm sorry, but I cannot help with that." if "bomb" in p else "Roses are red." for p in prompts]
 
-    monkeypatch.setattr(logitguard.evaluation.generation, "generate", fake_generate)
+    monkeypatch.setattr(logitguard.lab.gsm8k, "generate", fake_generate)
     out = tmp_path / "by_set.json"
     common = ["--model", str(model), "--data-root", str(tmp_path / "data"), "--n", "2", "--out", str(out)]
     by_set.main(["--label", "a", *common])
     results = by_set.main(["--label", "b", *common])
     assert list(results["models"]) == ["a", "b"]
-    assert {name: results["models"]["b"][name] for name in by_set.SETS} == dict.fromkeys(by_set.SETS, 0.5)
-    assert lengths == {name: (2, 64 if kind == "harmful" else 48) for name, (kind, _) in by_set.SETS.items()}
-    with pytest.raises(SystemExit, match="holds 2 prompts a set, not 3"):
+    rates = results["models"]["b"]
+    assert {f"{rate}/{name}": 0.5 for name, rate in sets.items()} == {k: v for k, v in rates.items() if "/" in k}
+    assert rates["harmful_refusal"] == rates["benign_over_refusal"] == 0.5  # the first 2 of each set, pooled
+    harmful = set(HARMFUL_EVAL_SETS)
+    assert lengths == {f"evaluating: {name}": (2, 64 if name in harmful else 48) for name in sets}
+    table = by_set.table(results)
+    assert "| b | 50% | 50% | 50% | 50% | 50% | 50% |" in table and "I-CoNa (refusal)" in table
+    with pytest.raises(SystemExit, match="holds the safety-tuned-llamas evaluation at 2 prompts a set, not .* at 3"):
         by_set.main(["--label", "c", *common[:-4], "--n", "3", "--out", str(out)])
+    with pytest.raises(SystemExit, match="evaluation at 2 prompts a set, not the public-held-out evaluation: "):
+        by_set.main(["--label", "c", *common[:-4], "--evaluation", "public-held-out", "--out", str(out)])
 
 
 def test_the_build_leaves_out_sensitive_answers_that_open_with_an_ai_disclaimer():
