@@ -100,6 +100,9 @@ METHODS: dict[str, Method] = {
     "selection (refusal score ≥ 0.5) + str": with_str(selection=DROP_SURELY_REFUSED),
     "selection (refusal score ≥ 0.1)": Method(selection=DROP_REFUSED),
     "selection (refusal score ≥ 0.1) + str": with_str(selection=DROP_REFUSED),
+    "selection (refusal score ≥ 0.1) + str, separate anchor pass": with_str(
+        replace(DEFAULT_STR, anchor_pass="separate"), selection=DROP_REFUSED
+    ),  # the step before packing: whether packing moves the harmful scenario's refusals
     "selection (refusal opening ≥ 0.1)": Method(selection=DROP_OPENING_REFUSED),
     "selection (refusal opening ≥ 0.1) + str": with_str(selection=DROP_OPENING_REFUSED),
     "str (anchors + task, conflicts defended)": with_str(replace(DEFAULT_STR, reference="both", mask_conflicts=False)),
