@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     from logitguard.lab.gsm8k import GSM8KSetting
     from logitguard.models import load_adapter
 
-    results = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
-    results = results or {"evaluation": args.evaluation, "n": n, "models": {}}
+    new = {"evaluation": args.evaluation, "n": n, "models": {}}
+    results = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else new
     if (results["evaluation"], results["n"]) != (args.evaluation, n):
         held, asked = (described(*key) for key in ((results["evaluation"], results["n"]), (args.evaluation, n)))
         raise SystemExit(f"{out} holds {held}, not {asked}: use another --out")
