@@ -53,6 +53,8 @@ class Method:
         anchors: which anchor set a real-model run takes (``default``, ``many`` phrasings, ...).
         k, end_token, phrasings: the toy's artifact variants (another k, the end-of-turn token as a safety token,
             anchors from fewer phrasings).
+        lora_dropout: the toy's LoRA dropout instead of the default's (0: a run that draws no random masks, so two
+            anchor passes that compute the same step train the same model up to float rounding).
     """
 
     training: str = "sft"
@@ -64,6 +66,7 @@ class Method:
     k: int | None = None
     end_token: bool = False
     phrasings: int | None = None
+    lora_dropout: float | None = None
 
     def __post_init__(self) -> None:
         if (self.training == "str") != (self.str_config is not None):
@@ -103,6 +106,10 @@ METHODS: dict[str, Method] = {
     "selection (refusal score ≥ 0.1) + str, separate anchor pass": with_str(
         replace(DEFAULT_STR, anchor_pass="separate"), selection=DROP_REFUSED
     ),  # the step before packing: whether packing moves the harmful scenario's refusals
+    "selection (refusal score ≥ 0.1) + str, no LoRA dropout": with_str(selection=DROP_REFUSED, lora_dropout=0.0),
+    "selection (refusal score ≥ 0.1) + str, separate anchor pass, no LoRA dropout": with_str(
+        replace(DEFAULT_STR, anchor_pass="separate"), selection=DROP_REFUSED, lora_dropout=0.0
+    ),  # without dropout's masks, which differ between the passes: is the packed step the separate one?
     "selection (refusal opening ≥ 0.1)": Method(selection=DROP_OPENING_REFUSED),
     "selection (refusal opening ≥ 0.1) + str": with_str(selection=DROP_OPENING_REFUSED),
     "str (anchors + task, conflicts defended)": with_str(replace(DEFAULT_STR, reference="both", mask_conflicts=False)),

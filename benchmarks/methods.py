@@ -131,6 +131,8 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     spec = ROWS[method]
     config = DemoConfig().with_seed(seed)
     tune = replace(config.finetune, steps=steps, monitor_every=0)  # the final metrics only
+    if spec.lora_dropout is not None:
+        tune = replace(tune, lora=replace(tune.lora, dropout=spec.lora_dropout))
     artifacts = Path(out) / artifacts_key(spec, config.k)
     setting = ToySetting(config.recipe)
     tokens = SafetyTokens.load(artifacts / "safety_tokens.json")
