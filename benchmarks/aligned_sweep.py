@@ -18,7 +18,8 @@ copied into each variant's work folder, so every variant trains on the same self
 The recalibration variants ("public look-alikes") add the base model's own answers to look-alikes of the public
 over-refusal sets' training side, and every build since is judged on the public sets' held-out side too (the
 columns "public ..."), as Qwen is. Their targets: harmful refusal >= 85%, look-alike over-refusal <= 25%; where
-no recipe reaches both, the table is the curve, and the recipe at its knee ships.
+no recipe reaches both, the table is the curve, and a recipe ships only if it beats the committed one on both
+sides of an evaluation (none has: benchmarks/docs/smollm2.md says why v3 stays).
 """
 
 from __future__ import annotations
