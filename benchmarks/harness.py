@@ -23,9 +23,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from logitguard.core.objective import STRConfig
 from logitguard.selection import SelectionConfig
+
+if TYPE_CHECKING:
+    from logitguard.lab.finetune import FinetuneConfig
 
 DEFAULT_STR = STRConfig()
 KL_BASELINE = STRConfig(
@@ -53,8 +57,8 @@ class Method:
         anchors: which anchor set a real-model run takes (``default``, ``many`` phrasings, ...).
         k, end_token, phrasings: the toy's artifact variants (another k, the end-of-turn token as a safety token,
             anchors from fewer phrasings).
-        lora_dropout: the toy's LoRA dropout instead of the default's (0: a run that draws no random masks, so two
-            anchor passes that compute the same step train the same model up to float rounding).
+        lora_dropout: LoRA dropout instead of the benchmark's (0: a run that draws no random masks, so two anchor
+            passes that compute the same step train the same model up to float rounding).
     """
 
     training: str = "sft"
@@ -71,6 +75,12 @@ class Method:
     def __post_init__(self) -> None:
         if (self.training == "str") != (self.str_config is not None):
             raise ValueError("a method trains with STR exactly when it has STR's settings")
+
+    def finetune_config(self, tune: FinetuneConfig) -> FinetuneConfig:
+        """The benchmark's fine-tuning settings ``tune`` with this row's own (its LoRA dropout)."""
+        if self.lora_dropout is None:
+            return tune
+        return replace(tune, lora=replace(tune.lora, dropout=self.lora_dropout))
 
 
 def with_str(str_config: STRConfig = DEFAULT_STR, **fields) -> Method:

@@ -130,9 +130,7 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     torch.set_num_threads(threads)
     spec = ROWS[method]
     config = DemoConfig().with_seed(seed)
-    tune = replace(config.finetune, steps=steps, monitor_every=0)  # the final metrics only
-    if spec.lora_dropout is not None:
-        tune = replace(tune, lora=replace(tune.lora, dropout=spec.lora_dropout))
+    tune = spec.finetune_config(replace(config.finetune, steps=steps, monitor_every=0))  # the final metrics only
     artifacts = Path(out) / artifacts_key(spec, config.k)
     setting = ToySetting(config.recipe)
     tokens = SafetyTokens.load(artifacts / "safety_tokens.json")

@@ -163,7 +163,7 @@ def run_one(
     work_dir = Path(work)
     spec = bench.rows[method]
     setting = bench.demo.setting(Path(data_root), model)
-    tune = replace(finetune_config(seed, steps), monitor_every=0)
+    tune = spec.finetune_config(replace(finetune_config(seed, steps), monitor_every=0))
     tokens = SafetyTokens.load(work_dir / "default" / "safety_tokens.json")
     anchors = AnchorCache.load(work_dir / spec.anchors / "anchors.safetensors")
     two_sided = spec.str_config is not None and spec.str_config.two_sided

@@ -81,6 +81,18 @@ def test_benchmarks_take_a_method_or_scenario_by_its_name_or_a_prefix_naming_onl
             parser.parse_args(ambiguous_or_unknown)
 
 
+def test_a_rows_lora_dropout_replaces_the_benchmarks_and_nothing_else():
+    from logitguard.lab.finetune import FinetuneConfig
+    from logitguard.settings import LoraSection
+
+    harness = benchmark("harness")
+    tune = FinetuneConfig(steps=7, lr=2e-3, lora=LoraSection(r=4, alpha=8, dropout=0.05))
+    assert harness.Method().finetune_config(tune) == tune
+    dropless = harness.Method(lora_dropout=0.0).finetune_config(tune)
+    assert dropless.lora.dropout == 0.0
+    assert dropless == FinetuneConfig(steps=7, lr=2e-3, lora=LoraSection(r=4, alpha=8, dropout=0.0))
+
+
 def test_a_table_of_results_not_yet_written_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="none.json: no results yet"):
         benchmark("refusal_by_phrasing").main(["--table", "--out", str(tmp_path / "none.json")])
