@@ -35,6 +35,7 @@ DEFAULT_STR = STRConfig()
 KL_BASELINE = STRConfig(
     penalty="kl", weight=1.0, reference="task", mask_conflicts=False, rest_bucket=False, target_bucket=False
 )
+SEPARATE_PASS = replace(DEFAULT_STR, anchor_pass="separate")  # the step before packing, for comparison
 DROP_BY_NORM = SelectionConfig(0.1, "gradient-norm", batch_size=16)
 DROP_BY_SAFETY = SelectionConfig(0.1, "safety", batch_size=16)
 DROP_BY_FIRST_TOKENS = SelectionConfig(0.1, "first-tokens", batch_size=16)
@@ -114,11 +115,11 @@ METHODS: dict[str, Method] = {
     "selection (refusal score ≥ 0.1)": Method(selection=DROP_REFUSED),
     "selection (refusal score ≥ 0.1) + str": with_str(selection=DROP_REFUSED),
     "selection (refusal score ≥ 0.1) + str, separate anchor pass": with_str(
-        replace(DEFAULT_STR, anchor_pass="separate"), selection=DROP_REFUSED
-    ),  # the step before packing: whether packing moves the harmful scenario's refusals
+        SEPARATE_PASS, selection=DROP_REFUSED
+    ),  # whether packing moves the harmful scenario's refusals
     "selection (refusal score ≥ 0.1) + str, no LoRA dropout": with_str(selection=DROP_REFUSED, lora_dropout=0.0),
     "selection (refusal score ≥ 0.1) + str, separate anchor pass, no LoRA dropout": with_str(
-        replace(DEFAULT_STR, anchor_pass="separate"), selection=DROP_REFUSED, lora_dropout=0.0
+        SEPARATE_PASS, selection=DROP_REFUSED, lora_dropout=0.0
     ),  # without dropout's masks, which differ between the passes: is the packed step the separate one?
     "selection (refusal opening ≥ 0.1)": Method(selection=DROP_OPENING_REFUSED),
     "selection (refusal opening ≥ 0.1) + str": with_str(selection=DROP_OPENING_REFUSED),
