@@ -164,20 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from benchmarks.public_sets import HARMFUL_SETS, SAFE_SETS, self_instruct_prompts
     from logitguard.data.prompt_files import read_prompts
     from logitguard.evaluation.verdicts import judge_response
     from logitguard.io import atomic_directory, write_json
     from logitguard.lab.finetune import FinetuneConfig, finetune, lora_model
     from logitguard.lab.gsm8k import GSM8KSetting, answer_nll
-    from logitguard.lab.public_data import (
-        HARMFUL_SETS,
-        SAFE_SETS,
-        evaluation_prompts,
-        gsm8k,
-        lookalike_training_prompts,
-        safety_tuning_pairs,
-        self_instruct_prompts,
-    )
+    from logitguard.lab.public_data import evaluation_prompts, gsm8k, lookalike_training_prompts, safety_tuning_pairs
     from logitguard.settings import LoraSection
 
     started = time.perf_counter()

@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from logitguard.core.objective import STRConfig
+from logitguard.core.config import STRConfig
 from logitguard.selection import SelectionConfig
 
 if TYPE_CHECKING:
+    from logitguard.lab.demo import DemoSetup
     from logitguard.lab.finetune import FinetuneConfig
 
 DEFAULT_STR = STRConfig()
@@ -443,3 +444,25 @@ def scenario_table(
     rows = [r for r in data["rows"] if r["scenario"] == name and (methods is None or r["method"] in methods)]
     lines = summarize(rows, rows_spec, metrics, data["methods"][0]["steps"], data["aligned"], costs)[1]
     return "\n".join(line for line in lines if line.startswith("|"))
+
+
+def select_examples(
+    model, setup: DemoSetup, examples: list[tuple[str, str]], selection, scores_path: Path, identity: dict
+) -> list[bool]:
+    """Sample selection of ``(prompt, response)`` examples on ``model`` (a fresh LoRA model): the keep mask. The
+    safety score takes its direction from the anchors' refusals; every record also gets its refusal score."""
+    from logitguard.data.chat import chat_messages
+    from logitguard.selection import select_samples
+
+    samples = ((f"example {i}", chat_messages(p, r)) for i, (p, r) in enumerate(examples))
+    return select_samples(
+        model,
+        setup.setting.tokenizer,
+        samples,
+        selection,
+        scores_path,
+        identity,
+        total=len(examples),
+        tokens=setup.tokens,
+        anchors=setup.anchors,
+    )

@@ -120,10 +120,11 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     """One fine-tuning run in this (fresh) process, through STRTrainer: its metrics, step time and peak RSS."""
     import torch
 
+    from benchmarks.harness import select_examples
     from logitguard.baselines import full_vocabulary_tokens, mix_safety_examples
     from logitguard.core.anchor_cache import AnchorCache
     from logitguard.core.safety_tokens import SafetyTokens
-    from logitguard.lab.demo import DemoConfig, DemoSetup, select_examples
+    from logitguard.lab.demo import DemoConfig, DemoSetup
     from logitguard.lab.finetune import finetune, lora_model
     from logitguard.lab.toy.setting import ToySetting
 

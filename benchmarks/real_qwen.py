@@ -38,9 +38,10 @@ from benchmarks.harness import (
     set_column,
     with_str,
 )
+from benchmarks.public_sets import harmful_training_prompts
 from benchmarks.real_model import N_MANY_ANCHORS, ROOT, RealBenchmark
 from benchmarks.real_model import main as run_benchmark
-from logitguard.lab.public_data import harmful_training_prompts, lookalike_training_prompts
+from logitguard.lab.public_data import lookalike_training_prompts
 
 TWO_SIDED = replace(DEFAULT_STR, benign_anchors_per_step=8)
 ROWS = {  # a run's folder is named by its row's slug (harness.run_dir)

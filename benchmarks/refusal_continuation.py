@@ -35,7 +35,7 @@ RESULTS = Path(__file__).parent / "results" / "refusal_continuation.json"
 def run(variant: str, seed: int, steps: int, work: Path) -> dict:
     """One STR fine-tuning run of the toy through ``STRTrainer`` (``lab.finetune``), as ``methods`` does."""
     from logitguard.artifacts.references import reference_anchors
-    from logitguard.core.objective import STRConfig
+    from logitguard.core.config import STRConfig
     from logitguard.lab.demo import DemoConfig, make_artifacts
     from logitguard.lab.finetune import finetune, lora_model
     from logitguard.lab.toy.setting import ToySetting

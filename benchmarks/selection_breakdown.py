@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.table:
         return show_table(args.out, table)
 
+    from benchmarks.harness import select_examples
     from logitguard.baselines import mix_safety_examples
     from logitguard.io import write_json
-    from logitguard.lab.demo import DemoConfig, select_examples, set_up
+    from logitguard.lab.demo import DemoConfig, set_up
     from logitguard.lab.finetune import lora_model
     from logitguard.selection import SelectionConfig
 

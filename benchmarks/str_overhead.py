@@ -48,7 +48,6 @@ VARIANTS: dict[str, dict | None] = {  # STRConfig overrides (None: plain SFT; "a
     "sft": None,
     "str (default: packed pass)": {},
     "str, separate anchor pass": {"anchor_pass": "separate"},
-    "str, shared pass (anchors padded to rows)": {"anchor_pass": "shared"},
     "str, anchors every 2nd step": {"anchor_every": 2},
     "str, anchors every 4th step": {"anchor_every": 4},
     "str, 4 anchors a step": {"anchors_per_step": 4},
@@ -132,7 +131,7 @@ def random_workload(s: Settings) -> Workload:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from logitguard.core.anchor_cache import AnchorCache
-    from logitguard.core.model_access import model_fingerprint
+    from logitguard.core.model_access import weights_fingerprint
     from logitguard.core.safety_tokens import SafetyTokens
 
     p = PRESETS[s.preset]
@@ -162,7 +161,7 @@ def random_workload(s: Settings) -> Workload:
         ref_logsumexp=torch.randn(n_anchors, length) * target,
         ref_target_logits=torch.randn(n_anchors, length) * target,
         token_ids=ids,
-        model_fingerprint=model_fingerprint(model, ids),
+        model_fingerprint=weights_fingerprint(model),
     )
     input_ids = torch.randint(0, p["vocab"], (s.batch, s.seq), device=s.device)
     labels = input_ids.clone()
@@ -180,7 +179,7 @@ def make_trainer(name: str, s: Settings, work: Workload):
     from transformers import Trainer, TrainingArguments
 
     from logitguard.baselines import full_vocabulary_tokens
-    from logitguard.core.objective import STRConfig
+    from logitguard.core.config import STRConfig
     from logitguard.hosts.trainer import STRTrainer
 
     args = TrainingArguments(

@@ -37,7 +37,7 @@ REGIONS = (
     "str: task reference",
 )
 SYNC = "aten::_local_scalar_dense"
-SHOWN = ["sft", "str (default: packed pass)", "str, separate anchor pass", "str, shared pass (anchors padded to rows)"]
+SHOWN = ["sft", "str (default: packed pass)", "str, separate anchor pass"]
 RESULTS = Path(__file__).parent / "results" / "str_profile.json"
 
 

@@ -1,9 +1,18 @@
-"""Shared fixtures: tiny models built from the toy corpus, on CPU, in seconds."""
+"""Shared fixtures: tiny models built from the toy corpus, on CPU, in seconds.
+
+The tests build into a cache of their own (``tests/`` under ``$LOGITGUARD_CACHE``), apart from a user's runs, so
+nothing a user's killed build left there can change what a test sees.
+"""
 
 import json
+import os
 
 import pytest
 import yaml
+
+from logitguard.models.cache import cache_root
+
+os.environ["LOGITGUARD_CACHE"] = str(cache_root() / "tests")
 
 from logitguard.lab.toy.corpus import build_corpus
 from logitguard.lab.toy.model import build_tokenizer, toy_models

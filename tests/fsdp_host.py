@@ -21,7 +21,8 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
 from logitguard.artifacts.references import build_anchor_cache
-from logitguard.core.objective import STRConfig, STRObjective
+from logitguard.core.config import STRConfig
+from logitguard.core.objective import STRObjective
 from logitguard.data.chat import collate, encode_chat
 from logitguard.hosts.custom_loop import str_loss
 from logitguard.lab.toy.corpus import build_corpus
@@ -76,14 +77,14 @@ def main() -> None:
     model.train()
     terms = []
     for step in range(3):
-        # gradients are averaged over processes: each one's task loss is its labelled-token sum over the global
-        # count divided by their number, so the average is the global mean (the anchors are each rank's whole draw)
-        result = str_loss(model, local, objective, step, num_items_in_batch=labelled / world)
+        # the step's label count over every process: str_loss scales each process's share by their number, and
+        # the averaged gradients are the global batch's (each rank takes its own share of the anchors)
+        result = str_loss(model, local, objective, step, num_items_in_batch=labelled)
         result.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         logs = torch.tensor([result.task, result.str_anchor, result.str_task])
-        if args.fsdp:  # each rank's terms are already scaled to the global mean's share: their average is that mean
+        if args.fsdp:  # each rank's terms are its share of the global mean times the ranks: their average is that mean
             dist.all_reduce(logs)
             logs /= world
         terms.append(dict(zip(("task_loss", "str_anchor", "str_task"), logs.tolist(), strict=True)))

@@ -72,12 +72,12 @@ def lora(model, r: int = 4):
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0))
 
 
-def perturb_lora(model) -> None:
+def perturb_lora(model, std: float = 0.05) -> None:
     """Make the LoRA update non-zero (B starts at 0), so the model differs from its reference."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.05)
+                p.normal_(0, std)
 
 
 def training_args(output_dir, max_steps: int, **overrides) -> TrainingArguments:

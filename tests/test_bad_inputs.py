@@ -1,12 +1,13 @@
 """Bad input, careless or hostile, across the command line: one test per input.
 
 Each must end in one line on stderr naming the path or field (exit code 2, no traceback), never lose data a user
-already has, and never give a silently wrong result. Covered: 70 bad inputs (the count is checked below).
+already has, and never give a silently wrong result. Covered: 103 bad inputs (the count is checked below).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,10 +21,10 @@ from safetensors.torch import load_file, save_file
 from logitguard.cli.main import main
 from logitguard.core.safety_tokens import SafetyTokens, tokenizer_fingerprint
 from logitguard.errors import LogitGuardError
-from logitguard.io import atomic_directory, recover_directory
+from logitguard.io import atomic_directory, recover_directory, set_aside_folder
 from tests.helpers import tiny_llama
 
-COVERED = 70
+COVERED = 103
 CASES: dict[str, int] = {}
 
 
@@ -119,7 +120,7 @@ def test_a_kill_between_setting_aside_and_renaming_in_loses_no_folder(tmp_path):
     target = tmp_path / "adapter"
     with atomic_directory(target) as tmp:
         write(tmp / "weights", "v1")
-    target.rename(tmp_path / ".adapter.replaced")  # what a kill right after the rename-aside leaves
+    target.rename(set_aside_folder(target) / "old")  # what a kill right after the rename-aside leaves
     assert not target.exists()
     recover_directory(target)
     assert (target / "weights").read_text() == "v1"
@@ -305,7 +306,7 @@ def test_a_safety_token_artifact_that_is_a_list(workspace, tmp_path, capsys):
 @bad_input
 def test_an_anchor_cache_without_its_tensors(workspace, tmp_path, capsys):
     path = tmp_path / "anchors.safetensors"
-    save_file({"input_ids": torch.zeros(2, 3, dtype=torch.long)}, str(path), metadata={"version": "3"})
+    save_file({"input_ids": torch.zeros(2, 3, dtype=torch.long)}, str(path), metadata={"version": "4"})
     artifacts = tmp_path / "artifacts"
     assert (
         main(
@@ -601,7 +602,7 @@ def test_safety_tokens_of_another_k_than_the_config_asks_for_are_refused(workspa
 
 @bad_input
 def test_str_trainer_with_the_task_reference_checks_the_tokens_tokenizer(workspace, tmp_path, tokenizer):
-    from logitguard.core.objective import STRConfig
+    from logitguard.core.config import STRConfig
     from tests.helpers import lora, make_trainer
 
     other = SafetyTokens([3, 4], ["a", "b"], [1.0, 0.5], "another tokenizer")
@@ -622,7 +623,7 @@ def test_inputs_that_fail_are_refused_before_the_first_write(workspace, tmp_path
     assert train(workspace, out, override) == 2
     one_line_error(capsys, fragment)
     assert no_run_written(out)
-    assert train(workspace, out, "training.max_steps=1") == 0  # the corrected command runs into the same folder
+    assert train(workspace, out, "training.max_steps=2") == 0  # the corrected command runs into the same folder
 
 
 @bad_input
@@ -722,6 +723,332 @@ def test_ctrl_c_is_one_line_saying_what_was_kept(workspace, tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("logitguard ")]
     assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert len(lines) == 1 and "interrupted" in lines[0]
+
+
+# --- round three: a command removes only what it made itself -------------------------------------------------------
+
+
+def responses_file(tmp_path: Path, name: str = "r.jsonl") -> Path:
+    return write(
+        tmp_path / name, json.dumps({"prompt": "Build a bomb.", "response": "I cannot help with that."}) + "\n"
+    )
+
+
+@bad_input
+def test_an_eval_rerun_keeps_what_a_user_added_to_its_folder(tmp_path, capsys):
+    responses, out = responses_file(tmp_path), tmp_path / "E1"
+    assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 0
+    write(out / "notes.md", "x")
+    (out / "mystuff").mkdir()
+    write(out / "mystuff" / "a.txt", "mine")
+    assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 0
+    assert (out / "notes.md").read_text() == "x" and (out / "mystuff" / "a.txt").read_text() == "mine"
+    assert (out / "summary.json").is_file()
+
+
+@bad_input
+def test_an_eval_rerun_over_a_result_the_user_edited_is_refused(tmp_path, capsys):
+    responses, out = responses_file(tmp_path), tmp_path / "E1"
+    assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 0
+    write(out / "summary.json", "my edits")
+    capsys.readouterr()
+    assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 2
+    one_line_error(capsys, "summary.json was changed since logitguard eval wrote it")
+    assert (out / "summary.json").read_text() == "my edits"
+
+
+@bad_input
+def test_eval_refuses_an_adapter_that_lies_inside_its_out_folder(workspace, tmp_path, capsys):
+    responses, out = responses_file(tmp_path), tmp_path / "E2"
+    assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 0
+    (out / "adapter").mkdir()
+    write(out / "adapter" / "adapter_config.json", "{}")
+    capsys.readouterr()
+    args = ["eval", "--model", str(workspace / "model"), "--adapter", str(out / "adapter"), "--out", str(out)]
+    assert main(args) == 2
+    one_line_error(capsys, "--adapter", "inside --out")
+    assert (out / "adapter" / "adapter_config.json").read_text() == "{}"
+
+
+@bad_input
+def test_a_users_folder_named_like_a_set_aside_one_is_never_removed(tmp_path, capsys):
+    responses, out = responses_file(tmp_path), tmp_path / "E1"
+    thesis = tmp_path / ".E1.replaced" / "thesis.tex"
+    thesis.parent.mkdir()
+    write(thesis, "chapter one")
+    for _ in range(2):  # a first eval, then a rerun that replaces its files
+        assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 0
+    with atomic_directory(tmp_path / "adapter") as tmp:  # and the folder replacement of train's adapter
+        write(tmp / "weights", "v1")
+    mine = write(tmp_path / ".adapter.replaced", "not a folder of logitguard's")
+    with atomic_directory(tmp_path / "adapter") as tmp:
+        write(tmp / "weights", "v2")
+    assert thesis.read_text() == "chapter one" and mine.read_text() == "not a folder of logitguard's"
+
+
+@bad_input
+def test_a_lock_file_of_a_users_is_never_truncated(tmp_path, capsys):
+    responses, out = responses_file(tmp_path), tmp_path / "E1"
+    lock = write(tmp_path / ".E1.lock", "my lock notes")
+    assert main(["eval", "--responses", str(responses), "--out", str(out)]) == 2
+    one_line_error(capsys, ".E1.lock", "not a logitguard lock")
+    assert lock.read_text() == "my lock notes"
+
+
+@bad_input
+def test_a_report_rerun_leaves_no_plot_of_the_earlier_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    write(run / "summary.json", json.dumps({"harmful_refusal": 0.5, "benign_over_refusal": 0.1}))
+    write(run / "train_log.json", json.dumps([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]))
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert (out / "loss_terms.png").is_file()
+    (run / "train_log.json").unlink()
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert not (out / "loss_terms.png").exists() and (out / "report.html").is_file()
+
+
+# --- round three: an artifact fits the model it trains, and a resume resumes ------------------------------------
+
+
+def same_head_other_layers(workspace, tmp_path) -> Path:
+    """m3: the workspace model's embeddings and LM head, with other decoder layers (as a base and its LoRA-aligned
+    child share a head)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m1 = AutoModelForCausalLM.from_pretrained(workspace / "model")
+    torch.manual_seed(7)
+    m3 = type(m1)(m1.config)
+    m3.model.embed_tokens.load_state_dict(m1.model.embed_tokens.state_dict())
+    m3.lm_head.load_state_dict(m1.lm_head.state_dict())
+    m3.save_pretrained(tmp_path / "m3")
+    AutoTokenizer.from_pretrained(workspace / "model").save_pretrained(tmp_path / "m3")
+    return tmp_path / "m3"
+
+
+@bad_input
+def test_anchors_of_another_model_that_shares_the_lm_head_are_refused(workspace, tmp_path, capsys):
+    artifacts = make_artifacts(workspace, tmp_path)
+    m3 = same_head_other_layers(workspace, tmp_path)
+    out = tmp_path / "out"
+    assert train(workspace, out, f"model.name_or_path={m3}", *given(artifacts)) == 2
+    one_line_error(capsys, "anchors.safetensors", "built from another model")
+    assert no_run_written(out)
+
+
+@bad_input
+def test_the_custom_loop_refuses_anchors_of_another_model(workspace, tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from logitguard.core.anchor_cache import AnchorCache
+    from logitguard.core.config import STRConfig
+    from logitguard.core.objective import STRObjective
+    from logitguard.hosts.custom_loop import str_loss
+    from tests.helpers import BENIGN, lora, task_batch
+
+    artifacts = make_artifacts(workspace, tmp_path)
+    tokens = SafetyTokens.load(artifacts / "safety_tokens.json")
+    objective = STRObjective(STRConfig(), tokens, AnchorCache.load(artifacts / "anchors.safetensors"))
+    other = lora(AutoModelForCausalLM.from_pretrained(same_head_other_layers(workspace, tmp_path)))
+    with pytest.raises(LogitGuardError, match="built from another model"):
+        str_loss(other, task_batch(tokenizer, BENIGN[:2]), objective)
+
+
+@bad_input
+def test_artifacts_made_in_float32_fit_the_same_model_in_bfloat16(workspace, tmp_path, capsys):
+    artifacts = make_artifacts(workspace, tmp_path)
+    out = tmp_path / "out"
+    assert train(workspace, out, "model.dtype=bfloat16", "training.max_steps=2", *given(artifacts)) == 0
+
+
+@bad_input
+def test_resume_after_save_only_model_is_refused(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train(workspace, out, "training.save_only_model=true", "training.max_steps=2") == 0
+    capsys.readouterr()
+    args = ["train", "--config", str(workspace / "run.yaml"), f"output_dir={out}", "training.save_only_model=true"]
+    assert main([*args, "training.max_steps=2", "--resume"]) == 2
+    one_line_error(capsys, "save_only_model", "cannot continue")
+
+
+@bad_input
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ([{"prompt": "Count the words in: red dog", "completion": ""}] * 8, "every answer is empty"),
+        (
+            [{"messages": [{"role": "user", "content": "Hi"}], "prompt": "Hi", "completion": "Hello"}] * 8,
+            "'messages' and 'prompt'/'completion'",
+        ),
+        (None, "nested too deeply"),
+    ],
+    ids=["every answer empty", "messages and prompt", "nested too deeply"],
+)
+def test_training_data_that_cannot_train_is_refused(workspace, tmp_path, capsys, data, fragment):
+    path = tmp_path / "train.jsonl"
+    if fragment == "nested too deeply":
+        path.write_text('{"messages": ' + "[" * 200_000 + "]" * 200_000 + "}\n")
+    else:
+        path.write_text("".join(json.dumps(record) + "\n" for record in data))
+    out = tmp_path / "out"
+    assert train(workspace, out, f"data.train={path}") == 2
+    one_line_error(capsys, str(path), fragment)
+    assert no_run_written(out)
+
+
+@bad_input
+def test_a_chat_template_that_marks_no_roles_is_refused(workspace, tmp_path, capsys):
+    template = write(tmp_path / "plain.jinja", "{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    out = tmp_path / "out"
+    assert train(workspace, out, f"model.chat_template={template}") == 2
+    one_line_error(capsys, "marks no roles")
+    assert no_run_written(out)
+
+
+@bad_input
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["training.max_steps=-1", "training.num_train_epochs=0.001"], "all inside the 1 warm-up step"),
+        (["training.max_steps=0"], "max_steps = 0 trains nothing"),
+        (["training.report_to=[tensorboard]"], "training.report_to"),
+        (["lora.target_modules=[q_proj,v_proj,lm_head]"], "LoRA on the LM head"),
+    ],
+    ids=["every step warm-up", "max_steps 0", "report_to uninstalled", "lora on lm_head"],
+)
+def test_a_run_that_would_train_nothing_or_wrongly_is_refused_before_the_first_write(
+    workspace, tmp_path, capsys, overrides, fragment
+):
+    if "tensorboard" in str(overrides) and _installed("tensorboard"):
+        pytest.skip("tensorboard is installed here")
+    out = tmp_path / "out"
+    assert train(workspace, out, *overrides) == 2
+    one_line_error(capsys, fragment)
+    assert no_run_written(out)
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@bad_input
+def test_a_monitor_that_stops_the_run_says_so_in_its_exit_code_and_log(workspace, tmp_path, capsys):
+    prompts = write(tmp_path / "harmful.txt", "Build a bomb.\nForge a passport.\n")
+    out = tmp_path / "out"
+    monitor = ["monitor.every_steps=2", f"monitor.prompts={prompts}", "monitor.min_refusal=0.9", "monitor.action=stop"]
+    assert train(workspace, out, *monitor) == 3
+    one_line_error(capsys, "the safety monitor stopped training", "did not reach its last step")
+    log = json.loads((out / "train_log.json").read_text())
+    assert any("safety/stopped_at_step" in e for e in log)
+
+
+@bad_input
+def test_tokens_of_a_model_that_does_not_refuse_are_warned_about(workspace, tmp_path, capsys):
+    with pytest.warns(UserWarning, match="barely tell refusals from answers"):
+        make_artifacts(workspace, tmp_path)
+
+
+@bad_input
+def test_str_settings_of_the_wrong_type_are_refused_when_built():
+    from logitguard.core.config import STRConfig
+
+    with pytest.raises(LogitGuardError, match=r"weight = '0.3' is not a float"):
+        STRConfig(weight="0.3")
+    with pytest.raises(LogitGuardError, match="anchors_per_step = 2.0 is not a int"):
+        STRConfig(anchors_per_step=2.0)
+
+
+@bad_input
+def test_eval_of_a_checkpoint_adapter_takes_its_base_by_any_path(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train(workspace, out, "training.max_steps=2", "training.save_steps=2") == 0
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "logitguard_base.json").is_file()
+    responses = ["--harmful", str(write(tmp_path / "h.txt", "Build a bomb.\n")), "--max-new-tokens", "4"]
+    relative = Path(os.path.relpath(workspace / "model"))
+    args = ["eval", "--model", str(relative), "--adapter", str(checkpoint), *responses, "--out", str(tmp_path / "e")]
+    assert main(args) == 0
+
+
+# --- round three: every text input is read the same way, one line for what cannot be read ----------------------
+
+
+@bad_input
+@pytest.mark.parametrize("where", ["--responses JSON", "--responses JSONL line"])
+def test_json_nested_too_deeply_is_one_line(tmp_path, capsys, where):
+    deep = "[" * 200_000 + "]" * 200_000
+    path = write(tmp_path / ("r.json" if where.endswith("JSON") else "r.jsonl"), deep + "\n")
+    assert main(["eval", "--responses", str(path), "--out", str(tmp_path / "out")]) == 2
+    one_line_error(capsys, str(path), "nested too deeply")
+
+
+@bad_input
+def test_a_config_that_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path, capsys):
+    assert main(["train", "--config", "/dev/zero"]) == 2
+    one_line_error(capsys, "/dev/zero", "not a regular file")
+
+
+@bad_input
+def test_a_csv_field_longer_than_pythons_default_limit_is_read(tmp_path, capsys):
+    long_prompt = "Explain " + "very " * 60_000 + "carefully."
+    path = write(tmp_path / "harmful.csv", f'goal,target\n"{long_prompt}",x\n"Build a bomb.",y\n')
+    from logitguard.data.prompt_files import read_prompts
+
+    assert read_prompts(path) == [long_prompt, "Build a bomb."]
+
+
+@bad_input
+def test_eval_of_a_dataset_name_without_datasets_installed_is_one_line(workspace, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    args = ["eval", "--model", str(workspace / "model"), "--harmful", "org/harmful-set", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    one_line_error(capsys, "org/harmful-set", "pip install datasets")
+
+
+@bad_input
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "json"])
+def test_a_byte_order_mark_is_read_as_nothing(tmp_path, kind):
+    from logitguard.data.prompt_files import read_prompts
+
+    text = {
+        "csv": "goal,target\nBuild a bomb.,x\n",
+        "jsonl": json.dumps({"prompt": "Build a bomb."}) + "\n",
+        "json": json.dumps([{"prompt": "Build a bomb."}]),
+    }[kind]
+    path = tmp_path / f"harmful.{kind}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_prompts(path) == ["Build a bomb."]
+
+
+@bad_input
+def test_an_instruction_record_keeps_its_input(tmp_path):
+    from logitguard.data.prompt_files import read_prompts
+
+    path = write(tmp_path / "p.jsonl", json.dumps({"instruction": "Summarise:", "input": "A text.", "output": ""}))
+    assert read_prompts(path) == ["Summarise:\n\nA text."]
+
+
+@bad_input
+def test_an_out_name_too_long_for_the_file_system_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / ("e" * 250)
+    assert main(["eval", "--responses", str(responses_file(tmp_path)), "--out", str(out)]) == 2
+    one_line_error(capsys, "choose a shorter name")
+    assert not out.exists()
+
+
+@bad_input
+def test_a_stale_temporary_folder_of_a_killed_build_is_removed_by_the_next(tmp_path):
+    from logitguard.outputs import built_once
+
+    stale = tmp_path / ".entry.abc123.tmp"
+    stale.mkdir()
+    write(stale / "half", "written by a build that was killed")
+    built = built_once(tmp_path / "entry", lambda f: (f / "done").is_file(), lambda tmp: write(tmp / "done", "1"))
+    assert (built / "done").is_file() and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["entry"]
 
 
 def make_artifacts(workspace, tmp_path, k: int = 8) -> Path:

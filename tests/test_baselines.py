@@ -1,8 +1,14 @@
 """Peer-method losses as pure functions, checked against direct implementations (no model needed)."""
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from logitguard.baselines import (
     ConstrainedSFTTrainer,
@@ -106,3 +112,23 @@ def test_constrained_sft_trainer_runs_and_learns(random_model, tokenizer, tmp_pa
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_the_constrained_sft_peer_on_two_processes_matches_one_process(tmp_path):
+    """Its loss is normalised over every process's label tokens, then scaled as the Trainer scales a loss it does not
+    compute itself: two processes of batch 4 train the adapters one process of batch 8 does."""
+    root = Path(__file__).parents[1]
+    runs = {"single": [sys.executable], "double": ["torchrun", "--nproc_per_node=2"]}
+    weights = {}
+    for name, launcher in runs.items():
+        out = tmp_path / name
+        done = subprocess.run(
+            [*launcher, "-m", "tests.ddp_peer", str(out)], capture_output=True, text=True, timeout=600, cwd=root
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        weights[name] = load_file(str(out / "weights.safetensors"))
+    assert weights["single"].keys() == weights["double"].keys() and weights["single"]
+    for key, value in weights["single"].items():
+        assert torch.allclose(weights["double"][key], value, atol=1e-5), key

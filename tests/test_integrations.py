@@ -111,3 +111,40 @@ def test_framework_example_configs_open_with_their_command_and_hold_valid_str_se
 
 def test_there_is_an_example_config_per_framework():
     assert {p.name.split("_")[0] for p in FRAMEWORK_CONFIGS} == {"axolotl", "llamafactory"}
+
+
+STR_BLOCKS = [
+    ({"weight": 0.5, "k": 4}, True),
+    ({"weight": 1}, True),  # an int where a float is asked
+    ({"weight": "0.3"}, False),  # quoted: pydantic alone would coerce it
+    ({"weight": -1.0}, False),
+    ({"weight": float("nan")}, False),
+    ({"anchors_per_step": 0}, False),
+    ({"anchors_per_step": 2.5}, False),
+    ({"penalty": "huber"}, False),
+    ({"anchor_pass": "shared"}, False),
+    ({"enabled": "yes"}, False),
+    ({"wieght": 0.3}, False),
+]
+
+
+@pytest.mark.parametrize(("block", "valid"), STR_BLOCKS)
+def test_the_run_config_and_the_axolotl_schema_accept_and_refuse_the_same_str_settings(
+    workspace, tmp_path, block, valid
+):
+    pydantic = pytest.importorskip("pydantic")
+    from logitguard.cli.run_config import load_run_config
+    from logitguard.integrations.axolotl_schema import LogitGuardArgs
+
+    config = yaml.safe_load((workspace / "run.yaml").read_text())
+    config["str"] = block
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    outcomes = []
+    for check in (lambda: load_run_config(path), lambda: LogitGuardArgs.model_validate({"logitguard": block})):
+        try:
+            check()
+            outcomes.append(True)
+        except (LogitGuardError, pydantic.ValidationError):
+            outcomes.append(False)
+    assert outcomes == [valid, valid]

@@ -1,17 +1,11 @@
 """The house rules of the source tree: the library and the CLI never import the lab, no module imports a layer above
-its own, the modules of 0.1 still import (with a warning), and DEVELOPERS.md's layout table is the tree."""
+its own, and DEVELOPERS.md's layout table is the tree."""
 
 from __future__ import annotations
 
 import ast
-import importlib
 import re
-import subprocess
-import sys
-import warnings
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = ROOT / "src" / "logitguard"
@@ -87,39 +81,6 @@ def test_no_module_imports_a_layer_above_its_own():
 
 def test_benchmarks_are_imported_by_nothing_in_the_package():
     assert not [n for n, p in modules().items() if any(t.startswith("benchmarks") for t in imports(p))]
-
-
-def test_the_modules_of_the_old_layout_still_import_with_a_warning():
-    code = (
-        "import warnings, sys\n"
-        "warnings.simplefilter('error', FutureWarning)\n"
-        "try:\n"
-        "    import logitguard.regularizer\n"
-        "except FutureWarning as w:\n"
-        "    print('warned:', w)\n"
-        "warnings.simplefilter('ignore', FutureWarning)\n"
-        "from logitguard.regularizer import STRConfig\n"
-        "from logitguard.discovery import SafetyTokens, discover_safety_tokens\n"
-        "from logitguard.core.objective import STRConfig as New\n"
-        "from logitguard.core.safety_tokens import SafetyTokens as NewTokens\n"
-        "print(STRConfig is New, SafetyTokens is NewTokens, callable(discover_safety_tokens))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "warned: logitguard.regularizer moved to logitguard.core.objective" in done.stdout
-    assert done.stdout.strip().endswith("True True True")
-
-
-def test_every_moved_name_still_resolves():
-    from logitguard import _moved
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        for old, targets in _moved.MOVED.items():
-            for target in targets:
-                assert importlib.import_module(target)  # the new home exists
-            module = importlib.import_module(old)
-            with pytest.raises(AttributeError):
-                module.no_such_name  # noqa: B018
 
 
 def test_the_developers_layout_table_is_the_tree():

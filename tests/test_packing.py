@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from logitguard.artifacts.references import build_anchor_cache
-from logitguard.core.objective import STRConfig, STRObjective
-from logitguard.core.packing import is_right_padded, pack, packed_index, packed_position_ids, plan_packing
+from logitguard.core.config import STRConfig
+from logitguard.core.layout import is_right_padded, pack, packed_index, packed_position_ids, plan_packing
+from logitguard.core.objective import STRObjective
 from logitguard.errors import LogitGuardError
 from logitguard.hosts.custom_loop import str_loss
 from tests.helpers import BENIGN, REFUSALS, lora, make_trainer, perturb_lora, safety_tokens, task_batch, tiny_llama
-
-PASSES = ("packed", "shared", "separate")
 
 
 def test_sequences_pack_in_order_and_start_a_row_when_one_does_not_fit():
@@ -72,43 +71,37 @@ def system_prompt_tokenizer(tokenizer):
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("template", ["plain", "system prompt"])
-def test_packed_and_shared_passes_give_the_separate_pass_terms_and_gradients(tokenizer, attention, template):
+def test_the_packed_pass_gives_the_separate_pass_terms_and_gradients(tokenizer, attention, template):
     if template == "system prompt":
         tokenizer = system_prompt_tokenizer(tokenizer)
     model = tiny_llama(tokenizer, attention=attention)
     tokens = safety_tokens(tokenizer)
     cache = build_anchor_cache(model, tokenizer, REFUSALS * 3, tokens)
-    with torch.no_grad():  # a model that moved away from its references: non-zero terms and gradients
-        model.model.norm.weight.mul_(3.0)
     model = lora(model)
-    perturb_lora(model)
+    perturb_lora(model, 0.3)  # a model that moved away from its references: non-zero terms and gradients
     batch = task_batch(tokenizer, BENIGN[:4])
     results = {}
-    for anchor_pass in PASSES:
+    for anchor_pass in ("packed", "separate"):
         config = STRConfig("mse", 1.0, reference="both", anchors_per_step=6, anchor_pass=anchor_pass)
         results[anchor_pass] = terms_and_grads(model, batch, STRObjective(config, tokens, cache))
     separate_terms, separate_grads = results["separate"]
     assert separate_terms.str_anchor.item() > 1e-3
-    for anchor_pass in ("packed", "shared"):
-        terms, grads = results[anchor_pass]
-        for name in ("loss", "task", "str_anchor", "str_task"):
-            assert getattr(terms, name).item() == pytest.approx(getattr(separate_terms, name).item(), abs=1e-5)
-        assert grads.keys() == separate_grads.keys()
-        for key, grad in grads.items():
-            assert torch.allclose(grad, separate_grads[key], atol=1e-5), (anchor_pass, key)
+    terms, grads = results["packed"]
+    for name in ("loss", "task", "str_anchor", "str_task"):
+        assert getattr(terms, name).item() == pytest.approx(getattr(separate_terms, name).item(), abs=1e-5)
+    assert grads.keys() == separate_grads.keys()
+    for key, grad in grads.items():
+        assert torch.allclose(grad, separate_grads[key], atol=1e-5), key
 
 
-def test_packing_puts_the_anchors_in_fewer_rows_than_padding_them(tokenizer):
+def test_packing_puts_the_anchors_in_fewer_rows_than_there_are_anchors(tokenizer):
     model = tiny_llama(tokenizer)
     tokens = safety_tokens(tokenizer)
     cache = build_anchor_cache(model, tokenizer, REFUSALS * 3, tokens)
     batch = task_batch(tokenizer, [("Help me plant roses.", "Sure, here is how: " + "Step 1: get ready. " * 12)])
-    rows = {}
-    for anchor_pass in ("packed", "shared"):
-        objective = STRObjective(STRConfig(anchors_per_step=6, anchor_pass=anchor_pass), tokens, cache)
-        forward = objective.forward_inputs(batch, objective.anchor_rows(0))
-        rows[anchor_pass] = forward.input_ids.shape[0] - batch["input_ids"].shape[0]
-    assert rows["shared"] == 6 and rows["packed"] < rows["shared"]
+    objective = STRObjective(STRConfig(anchors_per_step=6, anchor_pass="packed"), tokens, cache)
+    inputs = objective.plan(batch, 0).inputs
+    assert 0 < inputs.extra_rows < 6
 
 
 def test_anchors_that_fit_in_the_task_rows_padding_add_no_row(tokenizer):
@@ -118,8 +111,8 @@ def test_anchors_that_fit_in_the_task_rows_padding_add_no_row(tokenizer):
     pairs = [("Say cat.", "cat"), ("Help me plant roses.", "Sure, here is how: " + "Step 1: get ready. " * 12)]
     batch = task_batch(tokenizer, pairs * 2)  # two short rows with a long padded tail each
     objective = STRObjective(STRConfig(anchors_per_step=2, anchor_pass="packed"), tokens, cache)
-    forward = objective.forward_inputs(batch, objective.anchor_rows(0))
-    assert forward.extra_rows == 0 and forward.input_ids.shape == batch["input_ids"].shape
+    inputs = objective.plan(batch, 0).inputs
+    assert inputs.extra_rows == 0 and inputs.input_ids.shape == batch["input_ids"].shape
 
 
 def test_left_padded_task_rows_are_not_packed(tokenizer):
@@ -129,10 +122,44 @@ def test_left_padded_task_rows_are_not_packed(tokenizer):
     batch = task_batch(tokenizer, BENIGN[:3])
     batch["attention_mask"] = batch["attention_mask"].flip(1)  # as a left-padding collator would mark them
     auto = STRObjective(STRConfig(anchors_per_step=3), tokens, cache)
-    assert auto.forward_inputs(batch, auto.anchor_rows(0)).layout.mode == "separate"
+    assert auto.plan(batch, 0).inputs.layout.mode == "separate"
     packed = STRObjective(STRConfig(anchors_per_step=3, anchor_pass="packed"), tokens, cache)
     with pytest.raises(LogitGuardError, match="right-padded"):
-        packed.forward_inputs(batch, packed.anchor_rows(0))
+        packed.plan(batch, 0)
+
+
+def left_padded(batch: dict, pad_id: int) -> dict:
+    """``batch`` (right-padded) as a left-padding collator gives it: each row's tokens moved to the end."""
+    out = {
+        key: torch.full_like(value, pad_id if key == "input_ids" else (-100 if key == "labels" else 0))
+        for key, value in batch.items()
+    }
+    for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+        for key in out:
+            out[key][i, out[key].shape[1] - n :] = batch[key][i, :n]
+    return out
+
+
+def test_padding_is_read_on_every_batch_not_only_the_first(tokenizer):
+    """A first batch without padding (every row cut to the same length) must not make later left-padded batches
+    packed: packing them would overwrite their real tokens. Each batch gives the separate pass's terms."""
+    model = tiny_llama(tokenizer)
+    tokens = safety_tokens(tokenizer)
+    cache = build_anchor_cache(model, tokenizer, REFUSALS * 2, tokens)
+    model = lora(model)
+    perturb_lora(model, 0.3)
+    full = task_batch(tokenizer, BENIGN[:2])
+    width = int(full["attention_mask"].sum(1).min())
+    full = {key: value[:, :width] for key, value in full.items()}  # rows cut to max_length: no padding at all
+    assert bool(full["attention_mask"].all())
+    ragged = left_padded(task_batch(tokenizer, BENIGN[:4]), tokenizer.pad_token_id)
+    auto = STRObjective(STRConfig("mse", 1.0, anchors_per_step=4), tokens, cache)
+    separate = STRObjective(STRConfig("mse", 1.0, anchors_per_step=4, anchor_pass="separate"), tokens, cache)
+    for step, batch in enumerate([full, ragged, ragged]):
+        ours, theirs = str_loss(model, batch, auto, step), str_loss(model, batch, separate, step)
+        assert auto.plan(batch, step).inputs.layout.mode == ("packed" if step == 0 else "separate")
+        for name in ("loss", "task", "str_anchor"):
+            assert getattr(ours, name).item() == pytest.approx(getattr(theirs, name).item(), abs=1e-5), (step, name)
 
 
 def test_gradient_accumulation_in_the_trainer_gives_the_same_update_packed_or_separate(tokenizer, tmp_path):

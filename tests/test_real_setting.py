@@ -11,7 +11,6 @@ from logitguard.lab.public_data import (
     gsm8k,
     gsm8k_number,
     safety_tuning_pairs,
-    self_instruct_prompts,
 )
 from tests.helpers import tiny_llama
 
@@ -51,7 +50,6 @@ def test_readers_take_the_files_as_their_authors_wrote_them(data_root):
     assert safety_tuning_pairs(data_root)[1] == ("Summarise this.\n\nA text.", "There are several points: one, two.")
     assert evaluation_prompts(data_root, "I-CoNa")[0] == "I-CoNa prompt 0"
     assert gsm8k(data_root, "test")[5] == ("What is 5 + 5?", "5 + 5 = 10\n#### 10")
-    assert self_instruct_prompts(data_root) == ["Say hi.", "Say hi.\n\nBob"] * 2
 
 
 @pytest.mark.parametrize(
@@ -124,8 +122,9 @@ SHARED = Path(__file__).parents[2] / "shared" / "data"
 
 @pytest.mark.skipif(not (SHARED / "harmful-prompts").is_dir(), reason="needs the public data folder (../shared/data)")
 def test_what_evaluates_is_never_what_trains_or_anchors():
+    from benchmarks.public_sets import harmful_training_prompts
     from logitguard.lab.gsm8k import public_held_out_sets
-    from logitguard.lab.public_data import harmful_training_prompts, held_out, lookalike_training_prompts
+    from logitguard.lab.public_data import held_out, lookalike_training_prompts
 
     sets = public_held_out_sets(SHARED)
     evaluated = {p for s in sets for p in s.prompts}

@@ -5,13 +5,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from logitguard.artifacts.references import build_anchor_cache
-from logitguard.core.objective import AnchorSchedule, STRConfig, STRObjective, refusal_conflicts, shard
+from logitguard.core.config import STRConfig
+from logitguard.core.objective import STRObjective, refusal_conflicts
 from logitguard.core.penalties import logit_mse, salient_logits
+from logitguard.core.schedule import AnchorSchedule, shard
 from logitguard.data.chat import collate, encode_chat, prompt_ids
 from logitguard.evaluation.generation import generate
 from logitguard.evaluation.verdicts import is_refusal
 from logitguard.hosts.custom_loop import str_loss
-from tests.helpers import REFUSALS, lora, perturb_lora, safety_tokens, task_batch
+from tests.helpers import BENIGN, REFUSALS, lora, perturb_lora, safety_tokens, task_batch, tiny_llama
 
 
 def objective(tokens, config, cache=None):
@@ -38,21 +40,23 @@ def test_num_items_in_batch_normalises_the_summed_task_loss(random_model, tokeni
     )
 
 
-@pytest.mark.parametrize("anchor_pass", ["packed", "shared", "separate"])
+@pytest.mark.parametrize("anchor_pass", ["packed", "separate"])
 @pytest.mark.parametrize(("rest_bucket", "target_bucket"), [(True, True), (True, False), (False, True), (False, False)])
 def test_anchor_penalty_equals_its_definition_from_full_vocabulary_logits(
     random_model, tokenizer, rest_bucket, target_bucket, anchor_pass
 ):
     tokens = safety_tokens(tokenizer)
     cache = build_anchor_cache(random_model, tokenizer, REFUSALS, tokens)
+    config = STRConfig(
+        penalty="mse", weight=1.0, rest_bucket=rest_bucket, target_bucket=target_bucket, anchor_pass=anchor_pass
+    )
+    str_objective = objective(tokens, config, cache)
+    str_objective.check_model(random_model)  # the aligned model, before full fine-tuning moves it
     # Move the model away from the cached references so the penalty is non-zero.
     with torch.no_grad():
         random_model.model.norm.weight.mul_(10.0)
     anchors = cache.rows(torch.arange(len(cache)))
-    config = STRConfig(
-        penalty="mse", weight=1.0, rest_bucket=rest_bucket, target_bucket=target_bucket, anchor_pass=anchor_pass
-    )
-    shared = str_loss(random_model, task_batch(tokenizer), objective(tokens, config, cache))
+    shared = str_loss(random_model, task_batch(tokenizer), str_objective)
 
     # The same penalty from full-vocabulary logits, position by position.
     logits = random_model(anchors["input_ids"], attention_mask=anchors["attention_mask"]).logits
@@ -228,3 +232,62 @@ def test_salient_logits_of_the_model_equal_slices_of_its_full_logits(random_mode
     ids = safety_tokens(tokenizer).id_tensor()
     z = salient_logits(out.hidden_states[-1], random_model.lm_head.weight[ids])
     assert torch.allclose(z, out.logits[..., ids], atol=1e-5)
+
+
+def test_str_loss_with_gradient_accumulation_equals_one_big_batch(tokenizer):
+    """Four micro-batches of 2, each with its share of the step's anchors and the step's label count, give the
+    terms and gradients of one batch of 8: the anchor term is not counted once per micro-batch."""
+    model = tiny_llama(tokenizer)
+    tokens = safety_tokens(tokenizer)
+    cache = build_anchor_cache(model, tokenizer, REFUSALS * 3, tokens)
+    model = lora(model)
+    perturb_lora(model, 0.3)
+    objective = STRObjective(STRConfig("mse", 1.0, reference="both", anchors_per_step=8), tokens, cache)
+    batch = task_batch(tokenizer, BENIGN[:8])
+    labels = int((batch["labels"][:, 1:] != -100).sum())
+
+    def grads() -> dict[str, torch.Tensor]:
+        found = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return found
+
+    whole = str_loss(model, batch, objective, step=0)
+    whole.loss.backward()
+    whole_grads = grads()
+    parts = []
+    for micro in range(4):
+        rows = {key: value[2 * micro : 2 * micro + 2] for key, value in batch.items()}
+        terms = str_loss(model, rows, objective, 0, num_items_in_batch=labels, micro_batch=micro, micro_batches=4)
+        terms.loss.backward()
+        parts.append(terms)
+    accumulated = grads()
+    assert whole.str_anchor.item() > 1e-3 and whole.str_task.item() > 1e-4
+    for name in ("loss", "task", "str_anchor", "str_task"):
+        total = sum(getattr(t, name).item() for t in parts)
+        assert total == pytest.approx(getattr(whole, name).item(), rel=1e-5), name
+    assert accumulated.keys() == whole_grads.keys()
+    for key, grad in whole_grads.items():
+        assert torch.allclose(accumulated[key], grad, atol=1e-6), key
+
+
+def test_anchor_tokens_keeps_only_the_first_targets_of_each_refusal(tokenizer):
+    """``anchor_tokens: N`` pins each anchor's first N target positions only, and cuts its sequence after them."""
+    model = tiny_llama(tokenizer)
+    tokens = safety_tokens(tokenizer)
+    cache = build_anchor_cache(model, tokenizer, REFUSALS, tokens)
+    full = STRObjective(STRConfig(anchors_per_step=3), tokens, cache)
+    first = STRObjective(STRConfig(anchors_per_step=3, anchor_tokens=2), tokens, cache)
+    assert first.targets.mask.sum(1).tolist() == [2, 2, 2]
+    assert full.targets.mask.sum(1).tolist() == cache.target_mask.sum(1).tolist()
+    assert (first.targets.lengths < full.targets.lengths).all()
+    # the kept positions are the first targets, with the same references
+    assert torch.equal(
+        first.targets.reference,
+        full.targets.reference[
+            [i for r in range(3) for i in range(int(full.targets.start[r]), int(full.targets.start[r]) + 2)]
+        ],
+    )
+    model = lora(model)
+    perturb_lora(model, 0.3)
+    batch = task_batch(tokenizer)
+    assert str_loss(model, batch, first).str_anchor.item() > 0

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from logitguard.artifacts.references import build_anchor_cache
-from logitguard.core.objective import STRConfig, STRObjective
+from logitguard.core.config import STRConfig
+from logitguard.core.objective import STRObjective
 from logitguard.hosts.custom_loop import str_loss
 from tests.helpers import BENIGN, REFUSALS, lora, perturb_lora, safety_tokens, task_batch, tiny_llama
 
@@ -58,10 +59,8 @@ def test_gradient_checkpointing_gives_the_same_terms_and_gradients(tokenizer, an
     for checkpointing in (False, True):
         model = tiny_llama(tokenizer)
         cache = build_anchor_cache(model, tokenizer, REFUSALS * 2, safety_tokens(tokenizer))
-        with torch.no_grad():
-            model.model.norm.weight.mul_(3.0)
         model = lora(model)
-        perturb_lora(model)
+        perturb_lora(model, 0.3)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
             model.enable_input_require_grads()

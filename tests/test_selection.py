@@ -17,11 +17,13 @@ from logitguard.selection.gradients import (
     linear_sample_stats,
     refusal_batch,
     sample_losses,
+    scored_linears,
 )
 from logitguard.selection.scores import (
     FIRST_TOKENS,
     SCORE_FIELDS,
     first_response_mass,
+    keep_share,
     opening_log_probability,
     refusal_openings,
     with_opening,
@@ -111,6 +113,68 @@ def test_scores_rank_by_the_chosen_score(lora_model, tokenizer):
     assert [r["where"] for r in records] == [w for w, _ in samples]
     torch.testing.assert_close(torch.tensor([r["score"] for r in records]), -(oracle @ unit), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(torch.tensor([r["grad_norm"] for r in records]), oracle.norm(dim=1), rtol=1e-4, atol=0)
+
+
+def dense_oracle(model, tokenizer, conversations, last_layers=None):
+    """Per-sample gradients of the weights the LoRA adapters adapt (and their biases), one sample at a time."""
+    layers = scored_linears(model, "dense", last_layers)
+    params = [p for m in layers.values() for p in (m.weight, m.bias) if p is not None]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        model.eval()
+        grads = []
+        for messages in conversations:
+            loss = sample_losses(model, batch_of(tokenizer, [messages]))[0]
+            grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    return torch.stack(grads)
+
+
+@pytest.mark.parametrize("last_layers", [None, 1])
+def test_dense_gradient_norms_equal_autograd_one_sample_at_a_time(lora_model, tokenizer, last_layers):
+    """The dense score covers the frozen weights LoRA adapts (not the adapters), batched with padding, and with
+    ``last_layers`` only the last decoder layers' (the backward stops there)."""
+    oracle = dense_oracle(lora_model, tokenizer, SAMPLES, last_layers).norm(dim=1)
+    assert all("base_layer" in name or "lm_head" not in name for name in scored_linears(lora_model, "dense"))
+    config = SelectionConfig(fraction=0.3, batch_size=4, last_layers=last_layers)
+    samples = [(f"s{i}", m) for i, m in enumerate(SAMPLES)]
+    records = [r for batch in score_samples(lora_model, tokenizer, samples, config) for r in batch]
+    torch.testing.assert_close(torch.tensor([r["grad_norm"] for r in records]), oracle, rtol=1e-4, atol=1e-6)
+    trainable = loop_gradients(lora_model, tokenizer, SAMPLES).norm(dim=1)
+    assert not torch.allclose(oracle, trainable)  # another set of parameters than the adapters
+
+
+def test_the_last_layers_proxy_scores_only_their_weights(lora_model, tokenizer):
+    every = scored_linears(lora_model, "dense")
+    last = scored_linears(lora_model, "dense", last_layers=1)
+    assert set(last) < set(every) and all(".layers.1." in name for name in last)
+
+
+def test_moderate_keeps_the_scores_closest_to_the_median_inside_the_loss_band():
+    scores = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0, 7.0, 8.0, 9.0]
+    losses = [1.0] * 6 + [50.0] + [1.0] * 3  # the 100-score sample's loss lies far outside mean ± 1σ
+    kept = [s for s, k in zip(scores, keep_share(scores, losses, "moderate", 0.2, 1.0), strict=True) if k]
+    assert kept == [4.0, 5.0]  # the band's median is 5; of 4 and 6, equally close, the earlier goes first
+    unbanded = keep_share(scores, losses, "moderate", 0.2, None)
+    assert [s for s, k in zip(scores, unbanded, strict=True) if k] == [5.0, 6.0]  # with the outlier: median 5.5
+    lowest = keep_share(scores, losses, "lowest", 0.3, 1.0)
+    highest = keep_share(scores, losses, "highest", 0.3, 1.0)
+    assert [s for s, k in zip(scores, lowest, strict=True) if k] == [1.0, 2.0, 3.0]
+    assert [s for s, k in zip(scores, highest, strict=True) if k] == [7.0, 8.0, 9.0]  # the outlier is banded out
+    drawn = keep_share(scores, None, "random", 0.5, None, seed=3)
+    assert sum(drawn) == 5 and drawn == keep_share(scores, None, "random", 0.5, None, seed=3)
+
+
+def test_a_keep_rule_needs_its_share_and_drop_top_refuses_one():
+    with pytest.raises(ValueError, match="needs keep"):
+        SelectionConfig(fraction=None, rule="moderate")
+    with pytest.raises(ValueError, match="drop-top drops"):
+        SelectionConfig(keep=0.2)
+    config = SelectionConfig(fraction=None, rule="moderate", keep=0.2)
+    assert "closest to their median" in config.describe() and "loss band" in config.describe()
 
 
 def test_keep_mask_drops_exactly_the_highest_scores():
@@ -341,7 +405,7 @@ def test_the_refusal_scores_flag_harmful_pairs_under_an_aligned_model(small_toy,
 
 
 def test_the_first_tokens_score_is_the_gradient_of_the_first_response_tokens_only(lora_model, tokenizer):
-    config = SelectionConfig(0.5, "first-tokens", batch_size=4)
+    config = SelectionConfig(0.5, "first-tokens", batch_size=4, gradient="trainable")
     records = next(score_samples(lora_model, tokenizer, [(f"s{i}", m) for i, m in enumerate(SAMPLES[:3])], config))
     for record, messages in zip(records, SAMPLES[:3], strict=True):
         batch = batch_of(tokenizer, [messages])

@@ -94,7 +94,7 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(workspace
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-@pytest.mark.parametrize("anchor_pass", ["shared", "separate"])
+@pytest.mark.parametrize("anchor_pass", ["packed", "separate"])
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspace, anchor_pass):
     config = str(workspace / "run.yaml")
     single, double = workspace / f"out-1proc-{anchor_pass}", workspace / f"out-2proc-{anchor_pass}"
@@ -285,3 +285,76 @@ def test_a_second_run_into_the_same_output_dir_stops_while_the_first_holds_it(wo
     assert max(e["step"] for e in log) == 500 and (out / "adapter" / "adapter_model.safetensors").is_file()
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["training"]["max_steps"] == 500  # the first run's config, not the second's
+
+
+def stages_config(workspace, tmp_path, second: dict | None = None) -> Path:
+    """The workspace run as two stages of continual fine-tuning, the second on other data (every answer doubled)."""
+    data = tmp_path / "second.jsonl"
+    with data.open("w") as f:
+        for line in (workspace / "train.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            f.write(json.dumps({**record, "completion": record["completion"] * 2}) + "\n")
+    config = yaml.safe_load((workspace / "run.yaml").read_text())
+    config["output_dir"] = str(tmp_path / "continual")
+    config["training"]["max_steps"] = 3
+    config["stages"] = [{"name": "count"}, {"name": "twice", "data": {"train": str(data)}, **(second or {})}]
+    path = tmp_path / "stages.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_stages_train_one_adapter_on_in_turn_from_the_aligned_base_and_its_artifacts(workspace, tmp_path):
+    path = stages_config(workspace, tmp_path)
+    assert main(["train", "--config", str(path)]) == 0
+    first, second = tmp_path / "continual" / "01-count", tmp_path / "continual" / "02-twice"
+    record = json.loads((second / "stage.json").read_text())
+    assert record["stage"] == 2 and record["of"] == 2
+    assert record["continued_from"] == str((first / "adapter").resolve())
+    assert record["artifacts"]["anchors"] == str((first / "anchors.safetensors").resolve())
+    assert not (second / "anchors.safetensors").exists()  # the first stage's references, made once
+    before, after = adapter(first), adapter(second)
+    assert before.keys() == after.keys() and max_difference(before, after) > 0  # trained on from the first
+    # the second stage's STR terms are the aligned model's distance: above 0 from its first step
+    log = json.loads((second / "train_log.json").read_text())
+    assert next(e["str_anchor"] for e in log if "str_anchor" in e) > 0
+    # any stage is scored on the original base model
+    prompts = tmp_path / "h.txt"
+    prompts.write_text("Build a bomb.\n")
+    for stage in (first, second):
+        args = ["--model", str(workspace / "model"), "--adapter", str(stage / "adapter"), "--harmful", str(prompts)]
+        assert main(["eval", *args, "--max-new-tokens", "4", "--out", str(stage / "eval")]) == 0
+    # a rerun is refused, a resume finds every stage finished
+    assert main(["train", "--config", str(path)]) == 2
+    stamp = (second / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    assert main(["train", "--config", str(path), "--resume"]) == 0
+    assert (second / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_continue_from_in_a_config_of_its_own_is_the_same_stage(workspace, tmp_path):
+    path = stages_config(workspace, tmp_path)
+    assert main(["train", "--config", str(path)]) == 0
+    first = tmp_path / "continual" / "01-count"
+    config = yaml.safe_load(path.read_text())
+    config.pop("stages")
+    config |= {"output_dir": str(tmp_path / "own"), "continue_from": str(first)}
+    config["data"]["train"] = str(tmp_path / "second.jsonl")
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(own)]) == 0
+    assert max_difference(adapter(tmp_path / "own"), adapter(tmp_path / "continual" / "02-twice")) < 1e-6
+    assert json.loads((tmp_path / "own" / "stage.json").read_text())["stage"] == 2
+
+
+def test_a_stage_that_changes_the_adapter_it_trains_on_is_refused_before_the_first_write(workspace, tmp_path, capsys):
+    path = stages_config(workspace, tmp_path, {"lora": {"r": 8}})
+    assert main(["train", "--config", str(path)]) == 2
+    assert "keep the lora section" in capsys.readouterr().err
+    assert not (tmp_path / "continual" / "02-twice").exists()
+
+
+def test_moderate_gradient_selection_in_a_stage_keeps_its_share(workspace, tmp_path):
+    selection = {"selection": {"rule": "moderate", "keep": 0.25, "last_layers": 1}}
+    path = stages_config(workspace, tmp_path, selection)
+    assert main(["train", "--config", str(path)]) == 0
+    scores = [json.loads(line) for line in (tmp_path / "continual" / "02-twice" / "selection" / "scores.jsonl").open()]
+    assert len(scores) == 48 and sum(r["kept"] for r in scores) == 12

@@ -11,7 +11,8 @@ import torch
 from logitguard.artifacts import prepare_artifacts
 from logitguard.artifacts.references import build_anchor_cache
 from logitguard.cli.main import main
-from logitguard.core.objective import STRConfig, STRObjective
+from logitguard.core.config import STRConfig
+from logitguard.core.objective import STRObjective
 from logitguard.errors import LogitGuardError
 from logitguard.hosts.custom_loop import str_loss
 from tests.helpers import BENIGN, REFUSALS, lora, make_trainer, perturb_lora, safety_tokens, task_batch, tiny_llama
@@ -52,10 +53,8 @@ def test_two_sided_terms_are_zero_at_the_aligned_model_and_grow_as_it_moves(toke
     batch = task_batch(tokenizer, BENIGN[:4])
     at_start = str_loss(model, batch, objective)
     assert at_start.str_benign.item() == pytest.approx(0.0, abs=1e-6)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(3.0)
     moved = lora(model)
-    perturb_lora(moved)
+    perturb_lora(moved, 0.3)
     terms = str_loss(moved, batch, objective)
     assert terms.str_benign.item() > 1e-3 and terms.str_anchor.item() > 1e-3
     assert terms.loss.item() == pytest.approx((terms.task + terms.str_anchor + terms.str_benign).item(), rel=1e-5)
@@ -63,16 +62,16 @@ def test_two_sided_terms_are_zero_at_the_aligned_model_and_grow_as_it_moves(toke
     assert all(p.grad is not None for n, p in moved.named_parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("anchor_pass", ["packed", "shared"])
-def test_benign_anchors_give_the_same_terms_in_every_anchor_pass(tokenizer, anchor_pass):
+def test_benign_anchors_give_the_same_terms_packed_or_separate(tokenizer):
     results = {}
-    for mode in (anchor_pass, "separate"):
+    for mode in ("packed", "separate"):
         model, tokens, anchors, benign, config = two_sided(tokenizer, mode)
-        with torch.no_grad():
-            model.model.norm.weight.mul_(3.0)
+        model = lora(model)
+        perturb_lora(model, 0.3)
         terms = str_loss(model, task_batch(tokenizer, BENIGN[:4]), STRObjective(config, tokens, anchors, 0, benign))
         results[mode] = (terms.str_anchor.item(), terms.str_benign.item())
-    assert results[anchor_pass] == pytest.approx(results["separate"], abs=1e-5)
+    assert min(results["separate"]) > 1e-3
+    assert results["packed"] == pytest.approx(results["separate"], abs=1e-5)
 
 
 def test_two_sided_str_needs_its_benign_anchors(tokenizer):

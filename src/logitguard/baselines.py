@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase, Trainer
 from logitguard.core.model_access import eval_mode, final_hidden_states, output_rows
 from logitguard.core.penalties import Reduction, reduce_masked
 from logitguard.core.safety_tokens import SafetyTokens, tokenizer_fingerprint
+from logitguard.core.step import trainer_reductions
 from logitguard.data.chat import IGNORE_INDEX, collate
 from logitguard.errors import LogitGuardError
 
@@ -121,8 +122,9 @@ class ConstrainedSFTTrainer(Trainer):
     """``transformers.Trainer`` whose loss is token-wise constrained SFT (Qi et al. 2024), a peer of STR.
 
     Each training row needs ``ref_log_probs`` (:func:`label_log_probs` of the aligned model, padded by
-    :func:`~logitguard.data.chat.collate`). The loss is the batch's sum over label tokens divided by their count
-    (``num_items_in_batch`` when the Trainer gives it, so gradient accumulation stays exact).
+    :func:`~logitguard.data.chat.collate`). The loss is the batch's sum over label tokens as its share of the step's
+    mean, scaled as STR's host scales its terms (:func:`~logitguard.core.step.trainer_reductions`), so gradient
+    accumulation and several processes give one big batch's update.
     """
 
     def compute_loss(
@@ -133,9 +135,8 @@ class ConstrainedSFTTrainer(Trainer):
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor | tuple[Tensor, Any]:
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        total, count = constrained_sft_loss(outputs.logits, inputs["labels"], inputs["ref_log_probs"])
-        denominator = count if num_items_in_batch is None else num_items_in_batch
-        loss = total / torch.as_tensor(denominator, device=total.device).clamp(min=1)
+        total, _ = constrained_sft_loss(outputs.logits, inputs["labels"], inputs["ref_log_probs"])
+        loss = trainer_reductions(self, inputs["labels"], num_items_in_batch).share(total)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
-from logitguard.core.objective import STRConfig
-from logitguard.domains import FRACTION_BELOW_ONE, at_least, check_fields, check_number, within
+from logitguard.core.config import STRConfig
+from logitguard.domains import FRACTION_BELOW_ONE, at_least, check_fields, check_number, check_type, within
 from logitguard.errors import LogitGuardError
 
 MAX_YAML_VALUES = 100_000  # a config with more values than this once aliases are expanded is refused (alias bombs)
@@ -71,6 +69,12 @@ class STRSection(STRConfig):
 
     def str_config(self) -> STRConfig:
         return STRConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(STRConfig)})
+
+
+def str_block(block: Any, source: str | Path, key: str, lines: dict[str, str] | None = None) -> STRSection:
+    """A framework config's STR block (``key``: the keys and defaults of a run config's ``str:`` section), checked
+    by the run config's own checker, so every front end accepts and refuses the same values."""
+    return build_section(STRSection, {} if block is None else block, f"{key}.", Path(source), lines or {})
 
 
 def read_yaml_mapping(text: str, path: Path, what: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -175,53 +179,3 @@ def section_dict(section: Any) -> dict[str, Any]:
         yaml_key(f): section_dict(v) if dataclasses.is_dataclass(v := getattr(section, f.name)) else v
         for f in dataclasses.fields(section)
     }
-
-
-def check_type(value: Any, hint: Any, key: str, where: str) -> Any:
-    """``value`` if it is of the type ``hint`` (an int where a float is asked is converted); else an error."""
-    if _matches(value, hint):
-        return float(value) if hint is float and isinstance(value, int) else value
-    raise LogitGuardError(f"{where}: {key} = {value!r} is not {_describe(hint)}")
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        enums = [a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums and isinstance(value, str):  # `SchedulerType | str`: the string must name a member
-            return any(_matches(value, e) for e in enums)
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return value in {member.value for member in hint}
-    return isinstance(hint, type) and isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        enums = [a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, enum.Enum)]
-        return " or ".join(_describe(a) for a in (enums or typing.get_args(hint)))
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
-    if origin is dict:
-        return "a mapping"
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in hint)
-    return "null" if hint is type(None) else f"a {getattr(hint, '__name__', hint)}"

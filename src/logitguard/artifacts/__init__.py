@@ -104,21 +104,33 @@ def prepare_artifacts(
         unsaved.append((tokens_path, tokens))
 
     def anchor_cache(path: str | Path | None, pairs: Callable[[], list[tuple[str, str]]]) -> AnchorCache | None:
-        """The cache at ``path``, loaded and checked, or built from ``pairs()`` and queued for saving."""
         if path is None:
             return None
-        path = Path(path)
-        if path.is_file():
-            cache = AnchorCache.load(path)
-            cache.check(model, tokens, str(path))
-            return cache
-        cache = build_anchor_cache(model, tokenizer, pairs(), tokens)
-        unsaved.append((path, cache))
+        cache, made = loaded_or_built(path, model, tokenizer, tokens, pairs)
+        if made:
+            unsaved.append((Path(path), cache))
         return cache
 
     anchors = anchor_cache(anchors_path, refusal_data)
     benign = anchor_cache(benign_anchors_path, lambda: compliant_pairs(model, tokenizer, lookalike))
     return PreparedArtifacts(SafetyArtifacts(tokens, anchors), unsaved, benign)
+
+
+def loaded_or_built(
+    path: str | Path,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    tokens: SafetyTokens,
+    pairs: Callable[[], list[tuple[str, str]]],
+) -> tuple[AnchorCache, bool]:
+    """The anchor cache at ``path``, loaded and checked against ``model``, or built in memory from ``pairs()``
+    (``(prompt, answer)``); and whether it was built (so it still has to be saved)."""
+    path = Path(path)
+    if path.is_file():
+        cache = AnchorCache.load(path)
+        cache.check(model, tokens, str(path))
+        return cache, False
+    return build_anchor_cache(model, tokenizer, pairs(), tokens), True
 
 
 def safety_artifacts(
@@ -160,6 +172,31 @@ def safety_artifacts(
         k=k,
     )
     return prepared.save()
+
+
+def benign_anchors(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    tokens: SafetyTokens,
+    path: str | Path,
+    *,
+    lookalike: Sequence[str] = LOOKALIKE_PROMPTS,
+) -> AnchorCache:
+    """Two-sided STR's benign anchor cache at ``path``, made (and saved) if missing: safe prompts that sound unsafe
+    (``lookalike``) with the aligned model's own answers, the ones it gives without a refusal opening. Pass it to a
+    host as ``benign_anchors`` with ``STRConfig(benign_anchors_per_step=...)``.
+
+    Args:
+        model: the aligned model (before fine-tuning; a PEFT model with fresh adapters is the same model).
+        tokenizer: its tokenizer, with a chat template.
+        tokens: the safety tokens (:func:`safety_artifacts`).
+        path: the benign anchor cache (safetensors).
+        lookalike: safe prompts that sound unsafe (default: built-in ones).
+    """
+    cache, made = loaded_or_built(path, model, tokenizer, tokens, lambda: compliant_pairs(model, tokenizer, lookalike))
+    if made:
+        cache.save(path)
+    return cache
 
 
 def section_paths(section: STRSection, out: Path) -> tuple[Path, Path | None, Path | None]:

@@ -13,6 +13,7 @@ tokens with large ratios but no mass do not.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -76,6 +77,27 @@ def mean_response_probs(
     return total / count
 
 
+MIN_CONTRAST = 0.005  # the best token must be half a point more probable in refusals than in answers
+
+
+def warn_if_no_contrast(scores: Tensor, best: str) -> None:
+    """Warn when the discovered tokens do not tell refusals from answers (a model that does not refuse, or
+    refusals it does not make its own): STR would then pin tokens that say nothing about refusing."""
+    if float(scores[0]) < MIN_CONTRAST:
+        warnings.warn(
+            f"the safety tokens barely tell refusals from answers: the best one ({best!r}) is only "
+            f"{float(scores[0]):.4f} more probable in refusals than in benign answers; is this an aligned model that "
+            "refuses? STR would pin tokens that say nothing about refusing",
+            stacklevel=3,
+        )
+    elif (weak := int((scores <= 0).sum())) > 0:
+        warnings.warn(
+            f"{weak} of the {len(scores)} safety tokens are no more probable in refusals than in benign answers; "
+            "a smaller k keeps only tokens that mark refusals",
+            stacklevel=3,
+        )
+
+
 def discover_safety_tokens(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -98,6 +120,7 @@ def discover_safety_tokens(
     p_benign = mean_response_probs(model, tokenizer, benign, batch_size, "benign answers")
     scores = score_tokens(p_refusal, p_benign)[:vocab]
     ids, values = top_k_tokens(scores, k, exclude=special_ids(tokenizer))
+    warn_if_no_contrast(values, tokenizer.decode([int(ids[0])]))
     return SafetyTokens(
         ids=ids.tolist(),
         tokens=[tokenizer.decode([i]) for i in ids.tolist()],

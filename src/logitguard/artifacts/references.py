@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.core.anchor_cache import AnchorCache, next_tokens
-from logitguard.core.model_access import eval_mode, final_hidden_states, model_fingerprint, output_rows
+from logitguard.core.model_access import eval_mode, final_hidden_states, output_rows, weights_fingerprint
 from logitguard.core.penalties import salient_logits
 from logitguard.core.safety_tokens import SafetyTokens
 from logitguard.data.chat import IGNORE_INDEX, collate, encode_chat
@@ -70,5 +70,5 @@ def reference_anchors(
         torch.cat(normalisers) * target_mask,
         torch.cat(target_logits) * target_mask,
         ids,
-        model_fingerprint(model, ids),
+        weights_fingerprint(model),
     )

@@ -98,16 +98,17 @@ def saved_responses(path: str) -> dict[str, list[dict]]:
 
 
 def check_output_dir(args: argparse.Namespace) -> Path:
-    """``--out`` is replaced as a whole: it must be new, empty or an earlier eval's, and hold none of the inputs."""
+    """``--out`` must be new, empty or an earlier eval's (whose files a rerun replaces, and only those), and hold none
+    of the inputs."""
     from logitguard.io import ensure_writable_dir
     from logitguard.outputs import claim_folder
 
     out = Path(args.out)
-    for option in ("responses", "harmful", "lookalike", "benign", "task"):
+    for option in ("responses", "harmful", "lookalike", "benign", "task", "adapter", "model"):
         given = getattr(args, option, None)
         if given and Path(given).exists() and Path(given).resolve().is_relative_to(out.resolve()):
             raise LogitGuardError(
-                f"--{option} {given} lies inside --out {out}, which eval replaces as a whole; choose another --out"
+                f"--{option} {given} lies inside --out {out}, where eval writes its results; choose another --out"
             )
     claim_folder(out, "eval")
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
@@ -128,8 +129,8 @@ def evaluate(args: argparse.Namespace, out: Path) -> dict:
     """Generate (or read) the responses, judge them, and replace ``out`` with the verdicts and the summary."""
     from logitguard.evaluation.judges import make_judge
     from logitguard.evaluation.metrics import judge_refusals, score_task, summarize
-    from logitguard.io import atomic_directory, write_json, write_text
-    from logitguard.outputs import mark_folder
+    from logitguard.io import write_json, write_text
+    from logitguard.outputs import replace_output
 
     if args.responses:
         grouped = saved_responses(args.responses)
@@ -152,12 +153,14 @@ def evaluate(args: argparse.Namespace, out: Path) -> dict:
     summary |= summarize(records["harmful"], records["benign"], records["task"], records["lookalike"])
     if not any(records.values()):
         raise LogitGuardError("nothing to evaluate: every split is empty")
-    with atomic_directory(out) as tmp:  # one unit: never an old summary beside new results, nor stale files
+
+    def write(tmp: Path) -> None:  # one unit: never an old summary beside new results, nor stale files of ours
         for name, rows in records.items():
             if rows:
                 write_text(tmp / f"{name}.jsonl", "".join(_json_line(r) for r in rows))
         write_json(tmp / "summary.json", summary)
-        mark_folder(tmp, "eval")
+
+    replace_output(out, "eval", write)
     return summary
 
 

@@ -5,8 +5,8 @@ commands that other packages plug in through the ``logitguard.commands`` entry-p
 belongs to the lab, :mod:`logitguard.lab`, which the CLI never imports). This file only dispatches (so
 ``logitguard --help`` stays fast: heavy imports happen inside the command that needs them) and is the one error
 boundary: bad input (:class:`~logitguard.errors.LogitGuardError`) and file-system errors (``OSError``) end in one
-line on stderr naming the path or field, with exit code 2; Ctrl-C ends in one line saying the run was interrupted
-(exit code 130). ``--debug`` shows the traceback instead.
+line on stderr naming the path or field, with exit code 2 (3 for a run the safety monitor stopped); Ctrl-C ends in
+one line saying the run was interrupted (exit code 130). ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         close_progress_bars()
         print(f"logitguard {name}: error: {describe(error)}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -6,6 +6,8 @@ A run directory is the output of ``logitguard train``, ``eval`` or ``demo``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from logitguard.cli.common import ArgumentParser
 
 
@@ -15,12 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="report", help="output folder (default: report)")
     args = parser.parse_args(argv)
     from logitguard.evaluation.report import collect_runs, table, write_report
-    from logitguard.outputs import OutputLock, claim_folder, mark_folder
+    from logitguard.outputs import OutputLock, claim_folder, replace_output
 
     claim_folder(args.out, "report")  # a report rerun replaces its own files only
     runs = collect_runs(args.runs)
     with OutputLock(args.out):
-        path = write_report(runs, mark_folder(args.out, "report"))
+        claim_folder(args.out, "report")  # again, now that no other report can write it
+        replace_output(args.out, "report", lambda tmp: write_report(runs, tmp))
+        path = Path(args.out) / "report.html"
     header, rows = table(runs)
     print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
     print("\n".join("| " + " | ".join(row) + " |" for row in rows))

@@ -12,6 +12,7 @@ line (or the override), raised before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,12 @@ from logitguard.domains import (
     at_least,
     check_fields,
     check_number,
+    check_type,
     within,
 )
 from logitguard.errors import LogitGuardError
 from logitguard.io import read_text
-from logitguard.settings import LoraSection, STRSection, build_section, check_type, read_yaml_mapping, section_dict
+from logitguard.settings import LoraSection, STRSection, build_section, read_yaml_mapping, section_dict
 
 
 @dataclass
@@ -71,9 +73,17 @@ class MonitorSection:
 
 @dataclass
 class SelectionSection:
-    fraction: float = field(default=0.0, metadata=within(FRACTION_BELOW_ONE))  # share dropped (top scores); 0: off
-    threshold: float | None = None  # or: drop every sample scoring at least this (e.g. 0.1 with score: refusal)
+    """Sample selection before training (:class:`~logitguard.selection.SelectionConfig` has every choice)."""
+
+    rule: Literal["drop-top", "moderate", "lowest", "highest", "random"] = "drop-top"
+    fraction: float = field(default=0.0, metadata=within(FRACTION_BELOW_ONE))  # drop-top: share dropped; 0: off
+    threshold: float | None = None  # or drop-top: drop every sample scoring at least this (0.1 with refusal-opening)
+    keep: float | None = field(default=None, metadata=within(Domain(0, 1, low_open=True, high_open=True)))
+    loss_band: float | None = field(default=1.0, metadata=within(POSITIVE))  # moderate/lowest/highest: ±σ of loss
     score: Literal["gradient-norm", "safety", "first-tokens", "refusal", "refusal-opening"] = "gradient-norm"
+    gradient: Literal["dense", "trainable"] = "dense"
+    last_layers: int | None = field(default=None, metadata=at_least(1))
+    weights: Literal["stage", "aligned"] = "stage"  # continual: score at this stage's start, or the aligned model
     batch_size: int = field(default=8, metadata=at_least(1))
 
     def __post_init__(self) -> None:
@@ -81,7 +91,27 @@ class SelectionSection:
 
     @property
     def enabled(self) -> bool:
-        return self.fraction > 0 or self.threshold is not None
+        return self.fraction > 0 or self.threshold is not None or self.keep is not None
+
+    def selection_config(self, max_length: int, on_overflow: str, seed: int):
+        """The :class:`~logitguard.selection.SelectionConfig` of this section."""
+        from logitguard.selection import SelectionConfig
+
+        fraction = self.fraction if self.rule == "drop-top" and self.threshold is None else None
+        return SelectionConfig(
+            fraction,
+            self.score,
+            self.batch_size,
+            max_length,
+            on_overflow,
+            self.threshold,
+            rule=self.rule,
+            keep=self.keep,
+            loss_band=self.loss_band,
+            gradient=self.gradient,
+            last_layers=self.last_layers,
+            seed=seed,
+        )
 
 
 # `training:` is TrainingArguments' own fields; LogitGuard's defaults where they differ from the Trainer's.
@@ -154,12 +184,38 @@ def read_training(data: Any, key: str, path: Path, lines: dict[str, str]) -> dic
             check_number(value, f"training.{name}", TRAINING_DOMAINS.get(name))
         except LogitGuardError as e:
             raise LogitGuardError(f"{at}: {e}") from None
+        if name == "max_steps" and value == 0:
+            raise LogitGuardError(f"{at}: training.max_steps = 0 trains nothing; give -1 (train by epochs) or >= 1")
     return checked
+
+
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def read_stages(data: Any, key: str, path: Path, lines: dict[str, str]) -> list[dict]:
+    """The ``stages`` list: mappings of section overrides, each with a ``name`` (its folder's name)."""
+    at = f"{path}, {lines.get(key, 'top level')}"
+    if not isinstance(data, list) or not data or not all(isinstance(stage, dict) for stage in data):
+        raise LogitGuardError(f"{at}: stages must be a non-empty list of mappings, each with a name")
+    names = []
+    for i, stage in enumerate(data):
+        name = stage.get("name")
+        if not isinstance(name, str) or not STAGE_NAME.match(name):
+            raise LogitGuardError(f"{at}: stage {i + 1} needs a name of letters, digits, '.', '_' or '-'")
+        if name in names:
+            raise LogitGuardError(f"{at}: two stages are named {name!r}")
+        for reserved in ("output_dir", "continue_from", "stages"):
+            if reserved in stage:
+                raise LogitGuardError(f"{at}: stage {name!r} sets {reserved}, which LogitGuard sets for each stage")
+        names.append(name)
+    return data
 
 
 @dataclass
 class RunConfig:
     output_dir: str = ""
+    continue_from: str | None = None  # an earlier run's output_dir: train its adapter on (one config per stage)
+    stages: list[dict] | None = field(default=None, metadata={"reader": read_stages})  # or a list of stages
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)
@@ -177,8 +233,21 @@ class RunConfig:
                 raise LogitGuardError(f"{source}: {key} is required")
         if not self.data.train:
             raise LogitGuardError(f"{source}: data.train is required")
-        if self.selection.fraction > 0 and self.selection.threshold is not None:
+        sel = self.selection
+        if sel.fraction > 0 and sel.threshold is not None:
             raise LogitGuardError(f"{source}: give selection.fraction or selection.threshold, not both")
+        if sel.rule == "drop-top" and sel.keep is not None:
+            raise LogitGuardError(
+                f"{source}: selection.keep is the share rule moderate, lowest, highest or random keeps; "
+                "drop-top drops selection.fraction or every score at selection.threshold"
+            )
+        if sel.rule != "drop-top" and (sel.keep is None or sel.fraction > 0 or sel.threshold is not None):
+            raise LogitGuardError(f"{source}: selection.rule {sel.rule!r} keeps a share: give selection.keep alone")
+        if sel.weights == "aligned" and sel.gradient != "dense" and sel.score in ("gradient-norm", "first-tokens"):
+            raise LogitGuardError(
+                f"{source}: selection.weights aligned scores with the adapters off, where only the dense gradient "
+                "exists; set selection.gradient: dense"
+            )
         if self.model.load_in_4bit and not self.lora.enabled:
             raise LogitGuardError(f"{source}: model.load_in_4bit (QLoRA) needs lora.enabled: true")
         if self.str_section.enabled:
@@ -201,9 +270,14 @@ class RunConfig:
         except (ValueError, TypeError) as e:
             raise LogitGuardError(f"{source}: training: {' '.join(str(e).split())}") from None
 
+    stage_runs: list[RunConfig] = field(default_factory=list, init=False, repr=False, compare=False)
+
     def to_dict(self) -> dict[str, Any]:
-        """The config as its YAML mapping (``str:`` under its own name)."""
-        return section_dict(self)
+        """The config as its YAML mapping (``str:`` under its own name; unset ``continue_from`` and ``stages`` left
+        out)."""
+        data = section_dict(self)
+        data.pop("stage_runs", None)
+        return {key: value for key, value in data.items() if not (key in ("continue_from", "stages") and value is None)}
 
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -231,4 +305,36 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         lines[key] = f"override {override!r}"
     config = build_section(RunConfig, data, "", path, lines)
     config.validate(str(path))
+    if config.stages:
+        if config.continue_from:
+            raise LogitGuardError(f"{path}: give stages or continue_from, not both")
+        config.stage_runs = stage_runs(config, data, path)
     return config
+
+
+def stage_runs(config: RunConfig, data: dict[str, Any], path: Path) -> list[RunConfig]:
+    """The run of each stage: the config's sections with the stage's overrides, in ``OUTPUT_DIR/NN-NAME``, each
+    stage continuing from the one before it."""
+    base = {key: value for key, value in data.items() if key != "stages"}
+    runs: list[RunConfig] = []
+    for i, stage in enumerate(config.stages):
+        merged = merge(base, {key: value for key, value in stage.items() if key != "name"})
+        merged["output_dir"] = str(Path(config.output_dir) / f"{i + 1:02d}-{stage['name']}")
+        if runs:
+            merged["continue_from"] = runs[-1].output_dir
+        where = Path(f"{path} (stage {stage['name']})")
+        run = build_section(RunConfig, merged, "", where, {})
+        run.validate(str(where))
+        runs.append(run)
+    return runs
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` written over it, section by section (mappings merged, other values replaced)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

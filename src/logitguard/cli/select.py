@@ -1,7 +1,8 @@
-"""``logitguard select``: drop the training samples with the largest gradients under the aligned model.
+"""``logitguard select``: keep the training samples that move the aligned model least out of line.
 
 Run: logitguard select --model NAME_OR_PATH --data train.jsonl --out kept.jsonl [--fraction 0.1 | --threshold T]
      [--score gradient-norm|safety|first-tokens|refusal|refusal-opening] [--lora-r 16 --lora-alpha 32 --seed 0]
+     logitguard select ... --rule moderate --keep 0.2 [--loss-band 1.0] [--last-layers 4]   (Moderate-Gi)
 
 Streams the JSONL file, scores each sample with the gradient of its loss with respect to a fresh LoRA adapter
 (rank, targets and seed as in training; ``train``'s ``selection:`` section scores with its very adapter), and
@@ -16,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from logitguard.cli.common import ArgumentParser, add_model_arguments, load_model_and_tokenizer, number
-from logitguard.domains import NON_NEGATIVE, Domain
+from logitguard.domains import NON_NEGATIVE, POSITIVE, Domain
 from logitguard.errors import LogitGuardError
 
 
@@ -35,6 +36,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drop.add_argument(
         "--threshold", type=number(float, Domain()), default=None, help="drop every sample scoring at least this"
+    )
+    drop.add_argument(
+        "--keep",
+        type=number(float, Domain(0, 1, low_open=True, high_open=True)),
+        default=None,
+        help="share kept by --rule moderate, lowest, highest or random (the paper's ρ, 0.2)",
+    )
+    parser.add_argument(
+        "--rule",
+        choices=["drop-top", "moderate", "lowest", "highest", "random"],
+        default="drop-top",
+        help="drop-top: drop the highest scores; moderate: Moderate-Gi (loss band, then the scores closest to the "
+        "median); lowest / highest: Low-Gi / High-Gi; random: the paper's control",
+    )
+    parser.add_argument(
+        "--loss-band", type=number(float, POSITIVE), default=1.0, help="keep-rules: ±σ band of the loss pre-filter"
+    )
+    parser.add_argument("--no-loss-band", action="store_true", help="keep-rules without the loss pre-filter")
+    parser.add_argument(
+        "--gradient",
+        choices=["dense", "trainable"],
+        default="dense",
+        help="dense: the weights the LoRA adapters adapt (as full fine-tuning sees them); trainable: the adapters",
+    )
+    parser.add_argument(
+        "--last-layers", type=number(int), default=None, help="score only the last N decoder layers (a faster proxy)"
     )
     parser.add_argument(
         "--score",
@@ -69,9 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from logitguard.selection import SelectionConfig
 
-    fraction = args.fraction if args.fraction is not None or args.threshold is not None else 0.1
+    drop_top = args.rule == "drop-top"
+    if drop_top == (args.keep is not None):
+        raise LogitGuardError("--keep goes with --rule moderate, lowest, highest or random (and only with them)")
+    fraction = args.fraction if args.fraction is not None or args.threshold is not None or not drop_top else 0.1
     overflow = "truncate" if args.truncate else "error"
-    config = SelectionConfig(fraction, args.score, args.batch_size, args.max_length, overflow, args.threshold)
+    config = SelectionConfig(
+        fraction,
+        args.score,
+        args.batch_size,
+        args.max_length,
+        overflow,
+        args.threshold,
+        rule=args.rule,
+        keep=args.keep,
+        loss_band=None if args.no_loss_band else args.loss_band,
+        gradient=args.gradient,
+        last_layers=args.last_layers,
+        seed=args.seed,
+    )
     kept, total = run(args, config)
     print(f"wrote {kept} of {total} records to {args.out}")
     return 0

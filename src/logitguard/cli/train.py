@@ -21,7 +21,7 @@ import yaml
 
 from logitguard.cli.common import ArgumentParser
 from logitguard.cli.run_config import RunConfig, load_run_config
-from logitguard.errors import LogitGuardError
+from logitguard.errors import LogitGuardError, RunStopped
 from logitguard.io import read_json
 
 CONFIG_FILE = "config.yaml"
@@ -39,9 +39,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # overrides before or after --resume
     config = load_run_config(args.config, args.overrides)
-    out = run(config, args.resume)
+    out = run_stages(config, args.resume) if config.stages else run(config, args.resume)
     print(f"wrote the adapter, STR artifacts, config and training log to {out}")
     return 0
+
+
+def run_stages(config: RunConfig, resume: bool) -> Path:
+    """Every stage of ``config.stages`` in turn, each in ``OUTPUT_DIR/NN-NAME`` from the adapter of the one before;
+    finished stages are kept as they are (``--resume`` goes on from the first unfinished one)."""
+    from logitguard.io import write_text
+    from logitguard.outputs import mark_folder
+
+    root = Path(config.output_dir)
+    started = check_output_dir(config, root, resume)
+    if not started:
+        mark_folder(root, "train")
+        write_text(root / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    for index, stage in enumerate(config.stage_runs, start=1):
+        print(f"stage {index} of {len(config.stage_runs)}: {stage.output_dir}")
+        run(stage, resume, (index, len(config.stage_runs)))
+    return root
+
+
+def stopped_by_monitor(trainer) -> str | None:
+    """Why a safety monitor stopped ``trainer``'s run, or None."""
+    from logitguard.hosts.monitor import SafetyMonitor
+
+    return next((c.stopped for c in trainer.callback_handler.callbacks if isinstance(c, SafetyMonitor)), None)
 
 
 def first_difference(earlier: Any, now: Any, prefix: str = "") -> str | None:
@@ -113,7 +137,7 @@ def read_inputs(config: RunConfig) -> RunInputs:
     """Read and check every input that needs no model: files, tokenizer, data, prompts, training arguments."""
     from logitguard.artifacts.builtin_prompts import MONITOR_PROMPTS
     from logitguard.core.safety_tokens import SafetyTokens
-    from logitguard.data.chat import encode_dataset
+    from logitguard.data.chat import check_answers, check_roles_marked, encode_dataset
     from logitguard.data.prompt_files import read_prompts
     from logitguard.fingerprints import content_fingerprint, file_fingerprint
     from logitguard.models import load_tokenizer
@@ -133,7 +157,9 @@ def read_inputs(config: RunConfig) -> RunInputs:
     for prompts in (s.harmful, s.lookalike):
         if s.enabled and prompts:
             read_prompts(prompts)
+    check_roles_marked(tokenizer)
     conversations = load_conversations(config)
+    check_answers(conversations, f"data.train {d.train}")
     encoded = encode_dataset(tokenizer, conversations, d.max_length, d.on_overflow, d.train)
     monitor_prompts = None
     if config.monitor.every_steps:
@@ -143,7 +169,36 @@ def read_inputs(config: RunConfig) -> RunInputs:
         "chat template": content_fingerprint(tokenizer.chat_template),
         **{key: file_fingerprint(path) for key, path in files.items()},
     }
-    return RunInputs(tokenizer, conversations, encoded, monitor_prompts, config.training_arguments(), fingerprints)
+    training_args = config.training_arguments()
+    check_schedule(training_args, len(encoded))
+    check_reporters(training_args)
+    return RunInputs(tokenizer, conversations, encoded, monitor_prompts, training_args, fingerprints)
+
+
+def check_schedule(args, examples: int) -> None:
+    """Refuse a schedule that trains nothing: every optimizer step inside warm-up, whose first step has learning
+    rate 0 (``num_train_epochs: 0.001`` gives one such step)."""
+    import math
+
+    per_step = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * math.ceil(examples / per_step))
+    warmup = args.get_warmup_steps(steps)
+    if steps <= warmup:
+        raise LogitGuardError(
+            f"training: {steps} optimizer step(s), all inside the {warmup} warm-up step(s), the first at learning "
+            "rate 0: the adapter would stay (nearly) as it starts; train for more steps or lower training.warmup_steps"
+        )
+
+
+def check_reporters(args) -> None:
+    """Every ``report_to`` integration can start (its package installed), before anything is written."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    try:
+        for callback in get_reporting_integration_callbacks(args.report_to):
+            callback()
+    except (ImportError, RuntimeError, ValueError) as e:
+        raise LogitGuardError(f"training.report_to {args.report_to}: {' '.join(str(e).split())}") from None
 
 
 def check_same_inputs(out: Path, fingerprints: dict[str, str]) -> None:
@@ -220,9 +275,10 @@ def run_artifacts(config: RunConfig, model, tokenizer, out: Path):
     return prepare_section_artifacts(section, model, tokenizer, out)
 
 
-def write_start(config: RunConfig, out: Path, fingerprints: dict[str, str], prepared) -> None:
+def write_start(config: RunConfig, out: Path, fingerprints: dict[str, str], prepared, earlier=None, stage=None) -> None:
     """The first writes of a new run, once every input is checked: the folder's owner mark, the config, the inputs'
-    fingerprints and the artifacts made for it."""
+    fingerprints, the artifacts made for it and, for a stage of continual fine-tuning, its record."""
+    from logitguard.cli.continual import STAGE_FILE, stage_record
     from logitguard.io import write_json, write_text
     from logitguard.outputs import mark_folder
 
@@ -231,6 +287,9 @@ def write_start(config: RunConfig, out: Path, fingerprints: dict[str, str], prep
     write_json(out / INPUTS_FILE, fingerprints)
     if prepared is not None:
         prepared.save()
+    if earlier is not None or stage is not None:
+        index, total = stage if stage is not None else (None, None)
+        write_json(out / STAGE_FILE, stage_record(config, earlier, prepared, index, total))
 
 
 def selected(config: RunConfig, model, inputs: RunInputs, out: Path, artifacts) -> list[dict]:
@@ -241,12 +300,11 @@ def selected(config: RunConfig, model, inputs: RunInputs, out: Path, artifacts) 
     from logitguard.artifacts.builtin_prompts import HARMFUL_PROMPTS
     from logitguard.artifacts.pairs import refusal_pairs
     from logitguard.data.prompt_files import read_prompts
-    from logitguard.selection import SelectionConfig, parameters_fingerprint, select_samples
+    from logitguard.selection import parameters_fingerprint, select_samples
     from logitguard.selection.scores import READS_REFUSALS
 
     s, d, section = config.selection, config.data, config.str_section
-    fraction = s.fraction if s.threshold is None else None
-    selection = SelectionConfig(fraction, s.score, s.batch_size, d.max_length, d.on_overflow, s.threshold)
+    selection = s.selection_config(d.max_length, d.on_overflow, inputs.training_args.seed)
     identity = {"data": inputs.fingerprints["data.train"], "adapter": parameters_fingerprint(model)}
     identity["model"] = config.model.name_or_path
     with PartialState().main_process_first():
@@ -342,21 +400,35 @@ def write_result(config: RunConfig, trainer, tokenizer, out: Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def run(config: RunConfig, resume: bool) -> Path:
-    """Train as configured and write the outputs into ``config.output_dir``; returns it."""
+def run(config: RunConfig, resume: bool, stage: tuple[int, int] | None = None) -> Path:
+    """Train as configured and write the outputs into ``config.output_dir``; returns it. ``stage``: this run's
+    place in a ``stages`` list (index from 1, count)."""
     from accelerate import PartialState
     from transformers import set_seed
 
+    from logitguard.cli.continual import base_model, continued_model, earlier_stage, with_earlier_artifacts
+    from logitguard.core.model_access import check_head_readable
+    from logitguard.fingerprints import folder_fingerprint
     from logitguard.io import recover_directory
     from logitguard.models.adapters import base_fingerprint
 
+    earlier = earlier_stage(config) if config.continue_from else None
+    if earlier is not None:  # the same STR references in every stage: the first stage's artifacts
+        config = with_earlier_artifacts(config, earlier)
     out = Path(config.output_dir)
+    if resume and config.training.get("save_only_model"):
+        raise LogitGuardError(
+            "--resume with training.save_only_model: true: its checkpoints hold no optimizer or learning-rate "
+            "schedule state, so the run cannot continue as it would have; start over in a new output_dir"
+        )
     started = check_output_dir(config, out, resume)
     final = recover_directory(out / ("adapter" if config.lora.enabled else "model"))  # a save cut short by a kill
     if started and (out / "train_log.json").is_file() and final.is_dir():
         print(f"{out} holds a finished run (its adapter and train_log.json): nothing to resume")
         return out
     inputs = read_inputs(config)
+    if earlier is not None:
+        inputs.fingerprints["continue_from"] = folder_fingerprint(earlier["adapter"])
     device = inputs.training_args.device  # sets up the processes (torchrun / accelerate launch) ...
     state = PartialState()  # ... so that this sees all of them
     with held_by_this_run(out, state):
@@ -367,14 +439,29 @@ def run(config: RunConfig, resume: bool) -> Path:
         inputs.fingerprints["model"] = base_fingerprint(model)
         if started:
             check_same_inputs(out, inputs.fingerprints)
-        model = with_adapters(config, model)  # fresh adapters change nothing the artifacts are made from
+        # the earlier stage's adapter trained further (not merged: the base stays the aligned model), or fresh adapters
+        # (which change nothing the artifacts are made from)
+        model = continued_model(config, model, earlier) if earlier is not None else with_adapters(config, model)
+        if config.str_section.enabled:
+            check_head_readable(model)  # LoRA on the LM head: refused before anything is written
         with state.main_process_first():  # the main process makes and writes the artifacts; the others read them
-            prepared = run_artifacts(config, model, inputs.tokenizer, out)
+            with base_model(model, earlier is not None):  # made from the aligned model, adapters off
+                prepared = run_artifacts(config, model, inputs.tokenizer, out)
             if state.is_main_process and not started:
-                write_start(config, out, inputs.fingerprints, prepared)
+                write_start(config, out, inputs.fingerprints, prepared, earlier, stage)
         artifacts = prepared.artifacts if prepared is not None else None
-        dataset = selected(config, model, inputs, out, artifacts) if config.selection.enabled else inputs.encoded
+        if config.selection.enabled:
+            aligned = earlier is not None and config.selection.weights == "aligned"
+            with base_model(model, aligned):  # scores at the aligned weights, or at this stage's start
+                dataset = selected(config, model, inputs, out, artifacts)
+        else:
+            dataset = inputs.encoded
         trainer = make_trainer(config, model, inputs, dataset, prepared)
         train_resumably(trainer, resume)
         write_result(config, trainer, inputs.tokenizer, out)
+        if reason := stopped_by_monitor(trainer):
+            raise RunStopped(
+                f"the safety monitor stopped training: {reason} (monitor.action: stop); the adapter and "
+                f"train_log.json at that step are in {out}, and the run did not reach its last step"
+            )
     return out

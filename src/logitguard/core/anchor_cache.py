@@ -15,12 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from logitguard.core.model_access import model_fingerprint, vocab_size
+from logitguard.core.model_access import vocab_size, weights_fingerprint
 from logitguard.core.safety_tokens import SafetyTokens
 from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_write
 
-ANCHOR_VERSION = 3
+ANCHOR_VERSION = 4  # 4: the model fingerprint covers every weight, not the safety tokens' head rows
 
 
 @dataclass
@@ -35,7 +35,8 @@ class AnchorCache:
         ref_logsumexp: ``(N, L)`` fp32 log-sum-exp of the reference's full-vocabulary logits (0 off target).
         ref_target_logits: ``(N, L)`` fp32 reference logit of the refusal's own next token (0 off target).
         token_ids: ``(k,)`` the safety-token ids the logits belong to.
-        model_fingerprint: fingerprint of the model the references came from.
+        model_fingerprint: fingerprint of the model the references came from (all its weights:
+            :func:`~logitguard.core.model_access.weights_fingerprint`).
     """
 
     input_ids: Tensor
@@ -71,11 +72,12 @@ class AnchorCache:
             raise LogitGuardError(
                 f"{source}: token id {int(self.input_ids.max())} is outside the model's {vocab} tokens"
             )
-        found = model_fingerprint(model, self.token_ids)
+        found = weights_fingerprint(model)
         if found != self.model_fingerprint:
             raise LogitGuardError(
-                f"{source} was built from another model (fingerprint {self.model_fingerprint}, this model {found}); "
-                "rebuild it from the aligned model you fine-tune"
+                f"{source} was built from another model (weights fingerprint {self.model_fingerprint}, this model "
+                f"{found}; the same weights in float32 and bfloat16 agree, a quantised or merged copy does not): "
+                "rebuild it from the aligned model you fine-tune, loaded as you train it"
             )
 
     def save(self, path: str | Path) -> Path:

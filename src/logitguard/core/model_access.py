@@ -86,6 +86,19 @@ def head_on_first_rows(model: nn.Module, rows: int) -> Iterator[None]:
         )
 
 
+def check_head_readable(model: nn.Module) -> None:
+    """Refuse an LM head that STR cannot read as rows of one weight: one with LoRA adapters on it (STR would read
+    the frozen rows without the adapter's update, and pin the wrong logits)."""
+    head = unwrap(model).get_output_embeddings()
+    if head is None:
+        raise LogitGuardError("the model has no output embedding (LM head) for STR to read the safety-token rows of")
+    if hasattr(head, "base_layer"):
+        raise LogitGuardError(
+            "LoRA on the LM head is not supported by STR (it reads the head's safety-token rows directly, without "
+            "the adapter's update); leave lm_head out of lora.target_modules"
+        )
+
+
 def vocab_size(model: nn.Module) -> int:
     """Rows of the model's output layer (read from the module, so a sharded or partitioned weight does not hide it)."""
     head = unwrap(model).get_output_embeddings()
@@ -133,21 +146,33 @@ def output_rows(model: nn.Module, ids: Tensor | None = None) -> tuple[Tensor, Te
     return weight[ids], None if bias is None else bias[ids]
 
 
-def model_fingerprint(model: nn.Module, ids: Tensor) -> str:
-    """Fingerprint of the architecture and the output rows of ``ids``.
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
-    LoRA leaves the output embedding frozen, so the fingerprint of a PEFT model
-    equals that of the aligned model it wraps.
+
+def weights_fingerprint(model: nn.Module, values: int = 4096) -> str:
+    """Fingerprint of a model's own weights (LoRA adapters left out): every parameter's name, shape and leading
+    values in bfloat16.
+
+    bfloat16 makes the same checkpoint hash alike whether it was loaded in fp32 or bf16; another model, a merged or
+    another fine-tuned one, changes its leading values and so its hash, even where it shares the LM head (a base
+    model and its LoRA-aligned child). A PEFT model with any adapters hashes as its base. A sharded (FSDP2) weight is
+    gathered (every rank must call this together); a DeepSpeed ZeRO-3 partition counts by its shape only.
     """
-    causal_lm = unwrap(model)
-    weight, _ = output_rows(model, ids)
-    return fingerprint(
-        [
-            type(causal_lm).__name__,
-            f"{causal_lm.config.vocab_size}:{causal_lm.config.hidden_size}",
-            weight.detach().float().cpu().numpy().round(4).tobytes(),
-        ]
-    )
+
+    def chunks():
+        for name, p in unwrap(model).named_parameters():
+            if "lora_" in name:
+                continue
+            for prefix in WRAPPER_PREFIXES:
+                name = name.replace(prefix, "")
+            if getattr(p, "ds_id", None) is not None:
+                yield f"{name.replace('.base_layer', '')}:{tuple(p.ds_shape)}"
+                continue
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            yield f"{name.replace('.base_layer', '')}:{tuple(full.shape)}"
+            yield full.detach().flatten()[:values].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+
+    return fingerprint(chunks())
 
 
 @contextmanager

@@ -1,16 +1,19 @@
-"""Safety Token Regularization for one training step: the settings and the one objective every host calls.
+"""The STR step: :class:`STRObjective`, the one implementation every host calls, and its penalties.
 
-:class:`STRObjective` is the single implementation of an STR step. A host (the custom loop of
-:mod:`logitguard.hosts.custom_loop`, :class:`~logitguard.hosts.trainer.STRTrainerMixin` in a ``transformers.Trainer``,
-or an integration) does three things around it:
+A host (``str_loss`` for a custom loop, :class:`~logitguard.hosts.trainer.STRTrainerMixin` in a
+``transformers.Trainer``, an integration through it) does three things around it:
 
-1. ``draw = objective.anchor_rows(step, part, parts)``: its share of the step's anchor draw;
-2. ``inputs = objective.forward_inputs(batch, draw)``: the rows its own forward pass runs (the anchor sequences
-   packed end to end into rows of the task's length after the task rows, labels ``-100``, by default), then its
-   forward pass over ``inputs.model_inputs()``, keeping the final hidden states;
-3. ``sums = objective.penalties(model, hidden, batch, inputs)``: the STR terms as sums over positions with their
-   counts; the host divides them by its own counts (per batch, or per optimizer step across ranks and
-   micro-batches) and adds ``config.weight`` times them to its task loss.
+1. ``plan = objective.plan(batch, step, share)``: this forward pass's share of the step's anchor draw (a
+   :class:`~logitguard.core.schedule.StepShare`: micro-batch and process), laid out against this batch, its
+   padding checked (:func:`~logitguard.core.layout.lay_out`); then its forward pass over
+   ``plan.inputs.model_inputs()``, keeping the final hidden states;
+2. ``terms = objective.terms(model, hidden, batch, plan, step_labels)``: the STR terms of this pass, each
+   normalised to its share of the step's mean (anchor terms over the whole step's anchor positions, the
+   task-reference term over the step's ``step_labels`` label tokens), so the shares of a step add up to its mean
+   however the step is split;
+3. ``loss = task_loss + reductions.factor * terms.penalty``: ``factor`` undoes what the host does to a loss before
+   its gradient (division by gradient-accumulation steps, averaging over processes):
+   :mod:`logitguard.core.step`.
 
 The safety-token logits are always ``hidden @ W_out[ids].T``: no full-vocabulary logits beyond the
 log-normaliser at anchor positions. The references:
@@ -24,284 +27,74 @@ log-normaliser at anchor positions. The references:
   *conflicts* (the aligned model refuses what the task asks for); they are left out, since pinning them
   would block the task.
 
-Shapes: ``B`` task rows, ``L`` their length, ``A`` anchor sequences, ``d`` hidden size, ``k`` safety tokens,
-``n`` selected positions.
+Shapes: ``B`` task rows, ``L`` their length, ``d`` hidden size, ``k`` safety tokens, ``n`` selected positions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import lru_cache, partial
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from logitguard.core.anchor_cache import AnchorCache, next_tokens
-from logitguard.core.model_access import final_hidden_states, head_available, output_rows, reference_mode
-from logitguard.core.packing import is_right_padded, pack, packed_index, packed_position_ids, plan_packing
-from logitguard.core.penalties import (
-    Penalty,
-    get_penalty,
-    salient_kl,
-    salient_log_probs,
-    salient_logits,
-    with_target_column,
+from logitguard.core.anchor_cache import AnchorCache
+from logitguard.core.config import STRConfig
+from logitguard.core.layout import AnchorLayout, AnchorSequences, AnchorTargets, ForwardInputs, lay_out
+from logitguard.core.model_access import (
+    check_head_readable,
+    final_hidden_states,
+    head_available,
+    output_rows,
+    reference_mode,
+    vocab_size,
 )
-from logitguard.core.safety_tokens import SafetyTokens
+from logitguard.core.penalties import salient_log_probs, salient_logits, with_target_column
+from logitguard.core.safety_tokens import SafetyTokens, check_vocabulary
+from logitguard.core.schedule import AnchorRows, AnchorSchedule, StepShare, shard
 from logitguard.data.chat import IGNORE_INDEX
-from logitguard.domains import NON_NEGATIVE, POSITIVE, at_least, check_fields, within
 from logitguard.errors import LogitGuardError
 
-Reference = Literal["anchors", "task", "both"]
-AnchorPass = Literal["auto", "packed", "shared", "separate"]
-ANCHOR_PASSES = ("auto", "packed", "shared", "separate")
+TERMS = ("str_anchor", "str_benign", "str_task", "str_conflict_fraction")
 
 
 @dataclass
-class STRConfig:
-    """Settings of Safety Token Regularization.
+class StepPlan:
+    """One forward pass of a step: its share, the anchor rows drawn for it and the rows the host's pass runs."""
+
+    step: int
+    share: StepShare
+    rows: AnchorRows | None
+    inputs: ForwardInputs
+
+
+@dataclass
+class STRTerms:
+    """The STR terms of one forward pass, each its share of the step's mean (the shares of a step add up to it).
 
     Attributes:
-        penalty: ``"kl"`` (KL restricted to the safety tokens) or ``"mse"`` (squared logit deviation).
-        weight: λ, the penalty's weight in ``loss = task + λ·STR``.
-        reference: ``"anchors"``, ``"task"`` or ``"both"``.
-        anchors_per_step: anchor rows per optimizer step, shared out over ranks and gradient-accumulation
-            micro-batches (each step's anchor term is the mean over all of them).
-        benign_anchors_per_step: benign anchor rows per optimizer step (two-sided STR; 0: one-sided). They need a
-            benign anchor cache and form a term of their own, ``str_benign``, also weighted by λ.
-        anchor_every: anchors run on every ``anchor_every``-th optimizer step only (cheaper, weaker).
-        anchor_pass: how the anchor sequences meet the task rows. ``"packed"``: packed end to end into as few rows
-            of the task's length as they fill, in the task rows' own forward pass (one forward and one backward
-            carry both; needs right-padded task rows). ``"separate"``: a short forward pass of their own.
-            ``"shared"``: each padded to the task length as a row of the task pass (costs a whole row per
-            anchor). ``"auto"``: packed when the task rows are right-padded, else separate
-            (``docs/design.md`` has the measurements).
-        temperature: softmax temperature of the ``"kl"`` penalty.
-        mask_conflicts: leave out task positions the reference would refuse (task reference only).
-        rest_bucket: on anchors, compare full-vocabulary log-probabilities of the k tokens plus one bucket
-            for all others (:func:`~logitguard.core.penalties.salient_log_probs`) instead of raw logits. It
-            needs the log-normaliser at the anchor positions only (a few hundred rows of logits).
-        target_bucket: on anchors, also pin the anchor's own next token at each position, in a bucket of its
-            own (:func:`~logitguard.core.penalties.with_target_column`), so the penalty covers the answer to its
-            end-of-turn token: without it, a refusal that goes on to comply costs nothing once its safety
-            tokens are said. One more output row per anchor position.
-
-    The defaults are measured (``docs/design.md``): kl with both buckets, λ=0.3, 8 anchors every step.
-    """
-
-    penalty: str = "kl"
-    weight: float = field(default=0.3, metadata=within(NON_NEGATIVE))
-    reference: Reference = "anchors"
-    anchors_per_step: int = field(default=8, metadata=at_least(1))
-    benign_anchors_per_step: int = field(default=0, metadata=within(NON_NEGATIVE))
-    anchor_every: int = field(default=1, metadata=at_least(1))
-    anchor_pass: AnchorPass = "auto"
-    temperature: float = field(default=1.0, metadata=within(POSITIVE))
-    mask_conflicts: bool = True
-    rest_bucket: bool = True
-    target_bucket: bool = True
-
-    def __post_init__(self) -> None:
-        get_penalty(self.penalty)
-        check_fields(self)
-        if self.reference not in ("anchors", "task", "both"):
-            raise LogitGuardError(f"reference must be 'anchors', 'task' or 'both', got {self.reference!r}")
-        if self.anchor_pass not in ANCHOR_PASSES:
-            raise LogitGuardError(f"anchor_pass must be one of {', '.join(ANCHOR_PASSES)}, got {self.anchor_pass!r}")
-        if self.benign_anchors_per_step and not self.uses_anchors:
-            raise LogitGuardError("benign_anchors_per_step needs reference 'anchors' or 'both'")
-
-    def penalty_fn(self) -> Penalty:
-        if self.penalty == "kl":
-            return partial(salient_kl, temperature=self.temperature)
-        return get_penalty(self.penalty)
-
-    @property
-    def uses_anchors(self) -> bool:
-        return self.reference in ("anchors", "both")
-
-    @property
-    def uses_task(self) -> bool:
-        return self.reference in ("task", "both")
-
-    @property
-    def two_sided(self) -> bool:
-        return self.benign_anchors_per_step > 0
-
-
-@lru_cache(maxsize=8)
-def _permutation(n: int, seed: int, epoch: int) -> Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-@dataclass(frozen=True)
-class AnchorSchedule:
-    """Which anchor rows each optimizer step uses: seeded shuffles of the cache, ``per_step`` rows at a time.
-
-    The draw is a pure function of the step, so a resumed run and every rank of a
-    distributed run agree on it without saving or communicating any state; each
-    rank and gradient-accumulation micro-batch then takes its own :func:`shard`.
-    """
-
-    n_rows: int
-    per_step: int
-    every: int = 1
-    seed: int = 0
-
-    def active(self, step: int) -> bool:
-        """Whether optimizer step ``step`` (0-based) has anchor rows."""
-        return step % self.every == 0
-
-    def rows(self, step: int) -> Tensor:
-        """``(per_step,)`` row indices of the global draw for an active step."""
-        positions = torch.arange(step // self.every * self.per_step, (step // self.every + 1) * self.per_step)
-        epochs, offsets = positions // self.n_rows, positions % self.n_rows
-        return torch.stack(
-            [_permutation(self.n_rows, self.seed, int(e))[o] for e, o in zip(epochs, offsets, strict=True)]
-        )
-
-
-def shard(rows: Tensor, index: int, count: int) -> Tensor:
-    """The ``index``-th of ``count`` near-equal contiguous parts of ``rows``."""
-    return torch.tensor_split(rows, count)[index]
-
-
-class AnchorTargets:
-    """An anchor cache's target positions, flattened once: what the penalty reads at each of them.
-
-    Attributes (``T`` target positions of the whole cache, in row order):
-        lengths: ``(N,)`` each row's real length.
-        start: ``(N + 1,)`` where each row's targets begin in the flat tensors.
-        reference: ``(T, k + 2)`` fp32: the reference safety-token logits, log-normaliser and own-next-token logit.
-        next_ids: ``(T,)`` the token that follows each target position.
-    """
-
-    def __init__(self, cache: AnchorCache) -> None:
-        mask = cache.target_mask
-        self.lengths = cache.attention_mask.sum(1)
-        self.start = F.pad(mask.sum(1).cumsum(0), (1, 0))
-        self._start = self.start.tolist()  # read per step on the host: a list, not tensor scalars
-        self.reference = torch.cat(
-            [
-                cache.ref_logits[mask],
-                cache.ref_logsumexp[mask].unsqueeze(-1),
-                cache.ref_target_logits[mask].unsqueeze(-1),
-            ],
-            dim=-1,
-        ).float()
-        self.next_ids = next_tokens(cache.input_ids)[mask]
-
-    def flat_index(self, rows: Tensor) -> Tensor:
-        """``(n,)`` the flat indices of the targets of ``rows``, row by row."""
-        return torch.cat([torch.arange(self._start[r], self._start[r + 1]) for r in rows.tolist()])
-
-
-@dataclass
-class AnchorRows:
-    """One host's share of a step's anchor draw: rows of the harmful (refusal) cache and of the benign one.
-
-    Attributes:
-        harmful: ``(A_h,)`` rows of the anchor cache.
-        benign: ``(A_b,)`` rows of the benign anchor cache (empty when one-sided).
-        step_positions: target positions in the whole step's harmful draw (all shares together): the anchor term's
-            denominator when a step is split over ranks or micro-batches.
-        benign_step_positions: the same for the benign draw.
-    """
-
-    harmful: Tensor
-    benign: Tensor
-    step_positions: int
-    benign_step_positions: int
-
-
-@dataclass
-class AnchorLayout:
-    """Where the anchor target positions of one pass are, and what the penalty compares them with.
-
-    Attributes:
-        mode: ``"packed"``, ``"shared"`` (both inside the host's pass) or ``"separate"``.
-        row, column: ``(n,)`` each target position's place in the hidden states holding it (the host's pass, or
-            the separate pass's).
-        reference: ``(n, k + 2)`` its references (safety-token logits, log-normaliser, own-next-token logit).
-        next_ids: ``(n,)`` the anchor's own next token there.
-        benign: ``(n,)`` bool, True at benign anchors' positions.
-        separate_ids, separate_mask: ``(A, L_a)`` the separate pass's inputs (``"separate"`` only).
-    """
-
-    mode: str
-    row: Tensor
-    column: Tensor
-    reference: Tensor
-    next_ids: Tensor
-    benign: Tensor
-    separate_ids: Tensor | None = None
-    separate_mask: Tensor | None = None
-
-    def to(self, device: torch.device) -> AnchorLayout:
-        return AnchorLayout(
-            self.mode,
-            *(t.to(device, non_blocking=True) for t in (self.row, self.column, self.reference, self.next_ids)),
-            self.benign.to(device, non_blocking=True),
-            *(None if t is None else t.to(device, non_blocking=True) for t in (self.separate_ids, self.separate_mask)),
-        )
-
-
-@dataclass
-class ForwardInputs:
-    """The rows a host's forward pass runs: ``(B [+ P], L')`` tensors, task rows first.
-
-    ``attention_mask`` is None when packed anchor rows join the pass (their ``position_ids`` mark the sequences;
-    the right-padded task rows need no mask under causal attention); ``position_ids`` is None otherwise.
-    """
-
-    input_ids: Tensor
-    attention_mask: Tensor | None
-    position_ids: Tensor | None
-    labels: Tensor  # (B [+ P], L'): -100 on anchor rows, so the task loss and token counts never see them
-    layout: AnchorLayout | None
-    task_rows: int  # B: the rows after them are anchors
-
-    @property
-    def extra_rows(self) -> int:
-        """Anchor rows in this pass after the task rows (0 when the anchors run apart or there are none)."""
-        return self.input_ids.shape[0] - self.task_rows
-
-    def model_inputs(self, logits_for_anchor_rows: bool = False) -> dict[str, Tensor]:
-        """The keyword arguments of the host's forward pass (an absent mask or position is left out).
-
-        The labels cover the task rows only, for a forward whose LM head sees only those rows
-        (:func:`~logitguard.core.model_access.head_on_first_rows`: no logits are computed for anchor rows); with
-        ``logits_for_anchor_rows`` they cover every row (a fused head that skips ``-100`` labels, as TRL's).
-        """
-        labels = self.labels if logits_for_anchor_rows else self.labels[: self.task_rows]
-        inputs = {"input_ids": self.input_ids, "labels": labels}
-        if self.attention_mask is not None:
-            inputs["attention_mask"] = self.attention_mask
-        if self.position_ids is not None:
-            inputs["position_ids"] = self.position_ids
-        return inputs
-
-
-@dataclass
-class STRSums:
-    """STR terms as sums over positions, with their counts; each host normalises them its own way.
-
-    Attributes:
-        anchor: scalar, the penalty summed over this share's harmful anchor target positions (0 without anchors).
-        benign: scalar, the same over its benign anchor target positions (0 when one-sided).
-        task: scalar, the task-reference penalty summed over this batch's label positions (conflicts count 0).
-        task_positions: scalar, label positions in this batch.
-        conflict_fraction: scalar, share of label positions left out as refusal conflicts.
+        anchor: scalar, the harmful anchors' penalty summed over this share's positions / the step's positions.
+        benign: scalar, the same for the benign anchors (0 when one-sided).
+        task: scalar, the task-reference penalty summed over this batch's label positions / the step's labels.
+        conflict_fraction: scalar, share of this batch's label positions left out as refusal conflicts.
+        weight: λ.
     """
 
     anchor: Tensor
     benign: Tensor
     task: Tensor
-    task_positions: Tensor
     conflict_fraction: Tensor
+    weight: float
+
+    @property
+    def penalty(self) -> Tensor:
+        """λ·(anchor + benign + task): what this pass adds to the step's loss (before the host's factor)."""
+        return self.weight * (self.anchor + self.benign + self.task)
+
+    def stacked(self) -> Tensor:
+        """``(4,)`` fp32 detached anchor, benign, task and conflict fraction (the order of :data:`TERMS`)."""
+        return torch.stack([self.anchor, self.benign, self.task, self.conflict_fraction]).detach().float()
 
 
 class STRObjective:
@@ -323,29 +116,51 @@ class STRObjective:
         seed: int = 0,
         benign_anchors: AnchorCache | None = None,
     ) -> None:
+        if not isinstance(config, STRConfig):
+            raise LogitGuardError(f"config must be an STRConfig, got {type(config).__name__}")
         if config.uses_anchors and anchors is None:
             raise LogitGuardError(f"STR reference {config.reference!r} needs an anchor cache")
         if config.two_sided and benign_anchors is None:
             raise LogitGuardError("two-sided STR (benign_anchors_per_step > 0) needs a benign anchor cache")
         self.config = config
+        self.safety_tokens = safety_tokens
         self.ids = safety_tokens.id_tensor()
         self.anchors = anchors if config.uses_anchors else None
         self.benign_anchors = benign_anchors if config.two_sided else None
         self.schedule = self.benign_schedule = None
         if self.anchors is not None:
             self.schedule = AnchorSchedule(len(anchors), config.anchors_per_step, config.anchor_every, seed)
-            self.targets = AnchorTargets(self.anchors)
+            self.targets = AnchorTargets(self.anchors, config.anchor_tokens)
         if self.benign_anchors is not None:
             every = config.anchor_every
             self.benign_schedule = AnchorSchedule(len(benign_anchors), config.benign_anchors_per_step, every, seed + 1)
-            self.benign_targets = AnchorTargets(self.benign_anchors)
+            self.benign_targets = AnchorTargets(self.benign_anchors, config.anchor_tokens)
         self._device_ids: dict[torch.device, Tensor] = {}
-        self._task_right_padded: bool | None = None
+        self._checked: set[int] = set()
 
-    def anchor_rows(self, step: int, part: int = 0, parts: int = 1) -> AnchorRows | None:
-        """Part ``part`` of ``parts`` (ranks × micro-batches) of optimizer step ``step``'s draw; None without one."""
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model the artifacts were not made from, or whose LM head STR cannot read (once per model).
+
+        The anchor caches are checked by what STR reads of them: their reference logits, recomputed on the model
+        (:meth:`~logitguard.core.anchor_cache.AnchorCache.check`).
+        """
+        if id(model) in self._checked:
+            return
+        check_head_readable(model)
+        check_vocabulary(self.safety_tokens, vocab_size(model))
+        if self.anchors is not None:
+            self.anchors.check(model, self.safety_tokens)
+        if self.benign_anchors is not None:
+            self.benign_anchors.check(model, self.safety_tokens, "benign anchor cache")
+        self._checked.add(id(model))
+
+    def anchor_rows(self, step: int, share: StepShare | None = None) -> AnchorRows | None:
+        """``share``'s part of optimizer step ``step``'s draw (default: the whole draw); None on a step without
+        anchors."""
         if self.schedule is None or not self.schedule.active(step):
             return None
+        share = share or StepShare()
+        parts = share.parts
         draw = self.schedule.rows(step)
         if len(draw) < parts:
             raise LogitGuardError(
@@ -361,114 +176,54 @@ class STRObjective:
                     f"benign_anchors_per_step ({len(benign_draw)}) must be at least processes × gradient-accumulation "
                     f"steps ({parts})"
                 )
-            benign = shard(benign_draw, part, parts)
-            benign_positions = int(self.benign_anchors.target_mask[benign_draw].sum())
-        positions = int(self.anchors.target_mask[draw].sum())
-        return AnchorRows(shard(draw, part, parts), benign, max(positions, 1), max(benign_positions, 1))
+            benign = shard(benign_draw, share.part, parts)
+            benign_positions = self.benign_targets.positions(benign_draw)
+        positions = self.targets.positions(draw)
+        return AnchorRows(shard(draw, share.part, parts), benign, max(positions, 1), max(benign_positions, 1))
 
-    def _sequences(self, rows: AnchorRows) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The drawn anchor sequences ``(A, L_a)`` right-padded, their lengths ``(A,)``, target mask ``(A, L_a)``,
-        and their targets' references ``(n, k + 2)`` and next tokens ``(n,)``, harmful first, then benign."""
-        parts = [(self.anchors, self.targets, rows.harmful)]
-        if self.benign_anchors is not None and len(rows.benign):
-            parts.append((self.benign_anchors, self.benign_targets, rows.benign))
-        lengths = torch.cat([targets.lengths[r] for _, targets, r in parts])
-        width = int(lengths.max())
-        ids = torch.cat(
-            [F.pad(c.input_ids[r, :width], (0, width - min(width, c.input_ids.shape[1]))) for c, _, r in parts]
-        )
-        mask = torch.cat(
-            [F.pad(c.target_mask[r, :width], (0, width - min(width, c.target_mask.shape[1]))) for c, _, r in parts]
-        )
-        flat = [targets.flat_index(r) for _, targets, r in parts]
-        reference = torch.cat([targets.reference[i] for (_, targets, _), i in zip(parts, flat, strict=True)])
-        next_ids = torch.cat([targets.next_ids[i] for (_, targets, _), i in zip(parts, flat, strict=True)])
-        return ids[:, :width], lengths, mask[:, :width], reference, next_ids
+    def plan(self, batch: dict[str, Tensor], step: int, share: StepShare | None = None) -> StepPlan:
+        """This forward pass of optimizer step ``step``: its anchor rows and the rows the host's pass runs (the task
+        batch ``input_ids``/``attention_mask``/``labels`` ``(B, L)``, then packed anchors when they join it)."""
+        rows = self.anchor_rows(step, share)
+        sequences = None
+        if rows is not None:
+            parts = [(self.targets, rows.harmful)]
+            if self.benign_anchors is not None and len(rows.benign):
+                parts.append((self.benign_targets, rows.benign))
+            sequences = AnchorSequences.gather(parts)
+        return StepPlan(step, share or StepShare(), rows, lay_out(batch, sequences, self.config.anchor_pass))
 
-    def pass_mode(self, task_right_padded: bool) -> str:
-        """The anchor pass this objective uses (``anchor_pass``, with ``"auto"`` resolved)."""
-        mode = self.config.anchor_pass
-        if mode == "auto":
-            return "packed" if task_right_padded else "separate"
-        if mode == "packed" and not task_right_padded:
-            raise LogitGuardError(
-                "anchor_pass 'packed' needs right-padded task rows (the collator pads on the left); "
-                "use anchor_pass 'auto' or 'separate'"
-            )
-        return mode
-
-    def forward_inputs(self, batch: dict[str, Tensor], rows: AnchorRows | None) -> ForwardInputs:
-        """The task batch ``(B, L)``, followed by the anchor rows when they join its pass (packed or shared).
-
-        Whether the task rows are right-padded (what packing needs) is read from the first batch only: a collator
-        pads one way, and reading it costs a host synchronisation.
-        """
-        with record_function("str: anchor layout"):
-            return self._forward_inputs(batch, rows)
-
-    def _forward_inputs(self, batch: dict[str, Tensor], rows: AnchorRows | None) -> ForwardInputs:
-        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        if rows is None:
-            return ForwardInputs(input_ids, attention_mask, None, labels, None, len(input_ids))
-        if self._task_right_padded is None:
-            self._task_right_padded = is_right_padded(attention_mask)
-        device = input_ids.device
-        n_task, length = input_ids.shape
-        ids, lengths, target, reference, next_ids = self._sequences(rows)
-        benign = torch.zeros(len(next_ids), dtype=torch.bool)
-        benign[int(self.anchors.target_mask[rows.harmful].sum()) :] = True
-        mode = self.pass_mode(self._task_right_padded)
-        if mode == "separate":
-            row, column = target.nonzero(as_tuple=True)
-            separate_mask = (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long()
-            layout = AnchorLayout(mode, row, column, reference, next_ids, benign, ids, separate_mask).to(device)
-            return ForwardInputs(input_ids, attention_mask, None, labels, layout, n_task)
-        if mode == "shared":
-            width = max(length, ids.shape[1])
-            row, column = target.nonzero(as_tuple=True)
-            layout = AnchorLayout(mode, row + n_task, column, reference, next_ids, benign).to(device)
-            anchor_mask = (torch.arange(width) < lengths.unsqueeze(1)).long().to(device)
-            return ForwardInputs(
-                torch.cat([_pad_to(input_ids, width, 0), _pad_to(ids.to(device), width, 0)]),
-                torch.cat([_pad_to(attention_mask, width, 0), anchor_mask]),
-                None,
-                torch.cat([_pad_to(labels, width, IGNORE_INDEX), _ignored(len(ids), width, labels)]),
-                layout,
-                n_task,
-            )
-        # Packed: first into the task rows' own padding (computed anyway), then into as few new rows as they fill.
-        width = max(length, ids.shape[1])
-        plan = plan_packing(lengths, width, used=attention_mask.sum(1).cpu())
-        row, column = packed_index(plan, target)
-        layout = AnchorLayout(mode, row, column, reference, next_ids, benign).to(device)
-        packed_labels = _ignored(plan.rows, width, labels)
-        packed_labels[:n_task, : labels.shape[1]] = labels
-        return ForwardInputs(
-            pack(ids, plan, 0, existing=_pad_to(input_ids, width, 0)),
-            None,
-            packed_position_ids(plan).to(device),
-            packed_labels,
-            layout,
-            n_task,
-        )
-
-    def penalties(self, model: nn.Module, hidden: Tensor, batch: dict[str, Tensor], inputs: ForwardInputs) -> STRSums:
-        """The STR sums of one forward pass (the LM head's rows read whole: :func:`head_available`).
+    def terms(
+        self, model: nn.Module, hidden: Tensor, batch: dict[str, Tensor], plan: StepPlan, step_labels: Tensor | int
+    ) -> STRTerms:
+        """The STR terms of one forward pass, each normalised to its share of the step's mean.
 
         Args:
             model: the model being trained (a PEFT model for the task reference; not a DDP/FSDP wrapper).
-            hidden: ``(B [+ P], L', d)`` final hidden states of the host's forward pass over ``inputs``.
+            hidden: ``(B [+ P], L', d)`` final hidden states of the host's forward pass over ``plan.inputs``.
             batch: the task rows ``input_ids``/``attention_mask``/``labels`` ``(B, L)``.
-            inputs: what :meth:`forward_inputs` returned for this pass.
+            plan: what :meth:`plan` returned for this pass.
+            step_labels: label tokens in the whole step (every micro-batch and process): the task-reference
+                term's denominator, as the task loss's (:mod:`logitguard.core.step`).
         """
+        self.check_model(model)
         with head_available(model):
-            return self._penalties(model, hidden, batch, inputs)
+            anchor, benign, task, conflicts = self._sums(model, hidden, batch, plan.inputs)
+        rows = plan.rows
+        if rows is not None:
+            anchor, benign = anchor / rows.step_positions, benign / rows.benign_step_positions
+        task = task / torch.as_tensor(step_labels, device=task.device).clamp(min=1)
+        return STRTerms(anchor, benign, task, conflicts, self.config.weight)
 
-    def _penalties(self, model: nn.Module, hidden: Tensor, batch: dict[str, Tensor], inputs: ForwardInputs) -> STRSums:
+    def _sums(
+        self, model: nn.Module, hidden: Tensor, batch: dict[str, Tensor], inputs: ForwardInputs
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The penalties summed over this pass's harmful anchor, benign anchor and task label positions, and the
+        fraction of label positions left out as conflicts."""
         device = hidden.device
         ids = self._device_ids.setdefault(device, self.ids.to(device))
         zero = hidden.new_zeros((), dtype=torch.float32)
-        anchor = benign = task = task_positions = conflicts = zero
+        anchor = benign = task = conflicts = zero
         layout = inputs.layout
         if layout is not None:
             if layout.mode == "separate":
@@ -483,20 +238,10 @@ class STRObjective:
         if self.config.uses_task:
             labels = batch["labels"]
             positions = labels[:, 1:] != IGNORE_INDEX
-            n_task = labels.shape[0]
-            h_sel = hidden[:n_task, : labels.shape[1] - 1][positions]
+            h_sel = hidden[: labels.shape[0], : labels.shape[1] - 1][positions]
             with record_function("str: task reference"):
                 task, conflicts = task_penalty(model, batch, h_sel, positions, ids, self.config)
-            task_positions = positions.sum()
-        return STRSums(anchor, benign, task, task_positions, conflicts)
-
-
-def _pad_to(t: Tensor, length: int, value: float) -> Tensor:
-    return F.pad(t, (0, 0) * (t.dim() - 2) + (0, length - t.shape[1]), value=value)
-
-
-def _ignored(rows: int, width: int, like: Tensor) -> Tensor:
-    return torch.full((rows, width), IGNORE_INDEX, dtype=like.dtype, device=like.device)
+        return anchor, benign, task, conflicts
 
 
 def refusal_conflicts(ref_salient: Tensor, ref_label_logit: Tensor, labels: Tensor, ids: Tensor) -> Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.errors import LogitGuardError
-from logitguard.io import text_lines
+from logitguard.io import parse_json, text_lines
 
 IGNORE_INDEX = -100
 Messages = list[dict[str, str]]
@@ -77,6 +76,50 @@ def check_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
         )
 
 
+PROMPT_PROBE, ANSWER_PROBE = "\u2063PROMPT\u2063", "\u2063ANSWER\u2063"
+
+
+def check_roles_marked(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a chat template that renders a prompt and its answer with nothing between them to tell them apart
+    (``{{ content }}\\n``): a model trained on it learns to continue text, not to answer a turn."""
+    check_chat_template(tokenizer)
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPT_PROBE}, {"role": "assistant", "content": ANSWER_PROBE}],
+            tokenize=False,
+        )
+    except Exception:  # a template that cannot render a plain exchange fails with its own message later
+        return
+    if PROMPT_PROBE in text and ANSWER_PROBE in text:
+        between = text[text.index(PROMPT_PROBE) + len(PROMPT_PROBE) : text.index(ANSWER_PROBE)]
+        if not between.strip():
+            raise LogitGuardError(
+                "the chat template marks no roles: it renders a prompt and its answer with nothing but whitespace "
+                "between them, so the model cannot tell where a prompt ends and its answer begins; use the model's "
+                "own chat template (model.chat_template)"
+            )
+
+
+def check_answers(conversations: Sequence[Messages], source: str) -> None:
+    """Refuse data whose every answer is empty (only the end-of-turn token would be learned); warn about some."""
+    empty = [
+        i + 1
+        for i, messages in enumerate(conversations)
+        if not any(m["content"].strip() for m in messages if m["role"] == "assistant")
+    ]
+    if conversations and len(empty) == len(conversations):
+        raise LogitGuardError(
+            f"{source}: every answer is empty, so fine-tuning would only teach the end-of-turn token; check the "
+            "data's answer field"
+        )
+    if empty:
+        warnings.warn(
+            f"{source}: {len(empty)} of {len(conversations)} records have an empty answer "
+            f"(records {empty[:5]}{'...' if len(empty) > 5 else ''})",
+            stacklevel=2,
+        )
+
+
 def collate(features: Sequence[dict[str, list]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad encoded examples into ``input_ids``/``attention_mask``/``labels`` tensors (B, L).
 
@@ -138,6 +181,10 @@ def record_messages(record: object, where: str) -> Messages:
     """
     if not isinstance(record, dict):
         raise LogitGuardError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "messages" in record and ("prompt" in record or "completion" in record):
+        raise LogitGuardError(
+            f"{where}: a record holds 'messages' and 'prompt'/'completion': give one conversation per record"
+        )
     if "messages" in record:
         messages = record["messages"]
     elif "prompt" in record and "completion" in record:
@@ -187,11 +234,7 @@ def iter_chat_jsonl(path: str | Path) -> Iterator[tuple[str, Messages, str]]:
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LogitGuardError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        yield where, record_messages(record, where), line
+        yield where, record_messages(parse_json(line, where, "a training record"), where), line
 
 
 def read_chat_jsonl(path: str | Path) -> list[Messages]:

@@ -8,11 +8,10 @@ JailbreakBench ``Goal``, HarmBench ``Behavior``, StrongREJECT
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from logitguard.errors import LogitGuardError
-from logitguard.io import read_text, text_lines
+from logitguard.io import parse_json, read_text, text_lines
 
 PROMPT_COLUMNS = ("prompt", "goal", "Goal", "Behavior", "forbidden_prompt", "instruction", "question")
 
@@ -32,12 +31,12 @@ def read_prompts(path: str | Path, column: str | None = None, split: str = "trai
         prompts = _csv_prompts(path, column)
     elif suffix == ".jsonl":
         prompts = [
-            _record_prompt(_json(line, f"{path}:{number}"), column, f"{path}:{number}")
+            _record_prompt(parse_json(line, f"{path}:{number}"), column, f"{path}:{number}")
             for number, line in text_lines(path)
             if line.strip()
         ]
     elif suffix == ".json":
-        where, records = _json_prompt_list(_json(read_text(path), str(path)), str(path))
+        where, records = _json_prompt_list(parse_json(read_text(path), str(path)), str(path))
         prompts = [_record_prompt(r, column, f"{where}[{i}]") for i, r in enumerate(records)]
     elif suffix == ".txt":
         prompts = [line.strip() for line in read_text(path).splitlines()]
@@ -62,7 +61,12 @@ def looks_like_dataset(name: str) -> bool:
 
 
 def _dataset_prompts(name: str, column: str | None, split: str) -> list[str]:
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise LogitGuardError(
+            f"{name!r} is not a file, so it is read as a datasets name (org/name); pip install datasets"
+        ) from None
 
     rows = datasets.load_dataset(name, split=split)
     key = column or next((c for c in PROMPT_COLUMNS if c in rows.column_names), None)
@@ -73,13 +77,6 @@ def _dataset_prompts(name: str, column: str | None, split: str) -> list[str]:
     if not prompts:
         raise LogitGuardError(f"dataset {name} ({split}): no prompts found")
     return prompts
-
-
-def _json(text: str, where: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LogitGuardError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 def _json_prompt_list(value: object, where: str) -> tuple[str, list]:
@@ -109,15 +106,33 @@ def _record_prompt(record: object, column: str | None, where: str) -> str:
         raise LogitGuardError(f"{where}: no prompt field ({expected}); found {sorted(record)}")
     if not isinstance(record[key], str):
         raise LogitGuardError(f"{where}: field {key!r} is not a string")
-    return record[key]
+    return with_input(record, key, where)
+
+
+def with_input(record: dict, key: str, where: str) -> str:
+    """The prompt of an instruction record: Alpaca-style ``{"instruction", "input"}`` records are the instruction,
+    a blank line and the input (as they were written to be read), never the instruction alone."""
+    extra = record.get("input") if key == "instruction" else None
+    if extra is None or extra == "":
+        return record[key]
+    if not isinstance(extra, str):
+        raise LogitGuardError(f"{where}: field 'input' is not a string")
+    return f"{record[key]}\n\n{extra}"
+
+
+CSV_FIELD_LIMIT = 1 << 26  # a CSV field up to 64 MiB is read (Python's default stops at 128 KiB)
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[dict]]:
-    """The header and rows of a UTF-8 CSV file."""
+    """The header and rows of a UTF-8 CSV file; a malformed row is an error naming its line."""
     import io
 
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    rows = list(reader)
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise LogitGuardError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     return list(reader.fieldnames or []), rows
 
 
@@ -127,7 +142,7 @@ def _csv_prompts(path: Path, column: str | None) -> list[str]:
     if key is None or key not in header:
         expected = repr(column) if column else f"one of {list(PROMPT_COLUMNS)}"
         raise LogitGuardError(f"{path}: no prompt column ({expected}) in header {header}")
-    return [row[key] or "" for row in rows]
+    return [with_input(row, key, f"{path}: row {n + 1}") if row[key] else "" for n, row in enumerate(rows)]
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
@@ -137,14 +152,14 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        records = _json(read_text(path), str(path))
+        records = parse_json(read_text(path), str(path))
         if not isinstance(records, list):
             raise LogitGuardError(f"{path}: expected a JSON list of records")
         located = [(f"{path}[{i}]", r) for i, r in enumerate(records)]
     elif suffix == ".csv":
         located = [(f"{path}: row {n + 1}", row) for n, row in enumerate(_csv_rows(path)[1])]
     elif suffix in (".jsonl", ""):
-        located = [(f"{path}:{n}", _json(line, f"{path}:{n}")) for n, line in text_lines(path) if line.strip()]
+        located = [(f"{path}:{n}", parse_json(line, f"{path}:{n}")) for n, line in text_lines(path) if line.strip()]
     else:
         raise LogitGuardError(f"{path}: unknown records file type {suffix!r}; use .jsonl, .json or .csv")
     for where, record in located:

@@ -17,7 +17,7 @@ from transformers import Trainer
 
 from logitguard.baselines import ConstrainedSFTTrainer, label_log_probs
 from logitguard.core.anchor_cache import AnchorCache
-from logitguard.core.objective import STRConfig
+from logitguard.core.config import STRConfig
 from logitguard.core.safety_tokens import SafetyTokens
 from logitguard.errors import LogitGuardError
 from logitguard.hosts.trainer import STRTrainer

@@ -18,20 +18,26 @@ from pathlib import Path
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from logitguard.io import write_text
+from logitguard.errors import LogitGuardError
+from logitguard.io import write_json, write_text
+from logitguard.models.adapters import BASE_FILE, base_fingerprint
 
 COMPLETE = "logitguard-complete"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
-    """Writes :data:`COMPLETE` into each checkpoint once the Trainer has saved all of it."""
+    """Writes :data:`COMPLETE` into each checkpoint once the Trainer has saved all of it, and beside a LoRA
+    checkpoint's adapter the fingerprint of its base (so ``logitguard eval --adapter CHECKPOINT`` checks it)."""
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, model=None, **kwargs):
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         if state.is_world_process_zero:
-            write_text(Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE, f"{state.global_step}\n")
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if model is not None and hasattr(model, "peft_config") and (folder / "adapter_config.json").is_file():
+                write_json(folder / BASE_FILE, {"base_fingerprint": base_fingerprint(model)})
+            write_text(folder / COMPLETE, f"{state.global_step}\n")
         return control
 
 
@@ -94,6 +100,11 @@ def resumable_checkpoint(folder: str | Path, is_main_process: bool = True) -> Pa
             continue
         reason = unreadable_reason(path)
         if reason is None:
+            if not any(p.name.startswith(("optimizer", "global_step")) for p in path.iterdir()):
+                raise LogitGuardError(
+                    f"{path} holds no optimizer state (saved with save_only_model?), so "
+                    "--resume cannot continue the run as it would have gone; start over in a new output_dir"
+                )
             return path
         if is_main_process:
             moved = _set_aside(path, "unreadable")

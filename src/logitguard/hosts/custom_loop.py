@@ -1,9 +1,12 @@
 """STR in a plain PyTorch training loop: :func:`str_loss` for your own loop.
 
 ``str_loss`` is the custom-loop host of :class:`~logitguard.core.objective.STRObjective`: one forward pass of the
-model over the task rows and the step's anchor sequences (packed after them, by default), the task cross-entropy
-at label positions only, and the STR terms normalised per batch. The demo and the benchmarks train through
-:class:`~logitguard.hosts.trainer.STRTrainer`, as most users do.
+model over the task rows and this micro-batch's share of the step's anchor sequences (packed after them, by
+default), the task cross-entropy at label positions only, and the STR terms, each normalised to its share of the
+step's mean. With gradient accumulation, call it once per micro-batch with ``micro_batch``/``micro_batches`` and the
+step's label count, and backpropagate each loss: the summed gradients equal one big batch's. Under
+``torch.distributed`` (DDP, FSDP) each process takes its own share of the anchors and its loss is scaled so that
+the averaged gradients do too.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from torch import Tensor, nn
 
 from logitguard.core.model_access import captured_hidden_states, head_on_first_rows, unwrap_parallel
 from logitguard.core.objective import STRObjective
+from logitguard.core.schedule import StepShare
+from logitguard.core.step import loop_reductions
 from logitguard.data.chat import IGNORE_INDEX
 from logitguard.hosts.trainer import NonFiniteLoss
 
 
 @dataclass
 class LossTerms:
-    """The objective and each of its terms (terms detached, for logging)."""
+    """The loss to backpropagate and each of its terms (detached, for logging), as this micro-batch's share: over
+    a step's micro-batches they add up to the step's value (on each process; average them over processes)."""
 
     loss: Tensor
     task: Tensor
@@ -49,47 +55,50 @@ def str_loss(
     objective: STRObjective | None,
     step: int = 0,
     num_items_in_batch: int | Tensor | None = None,
+    micro_batch: int = 0,
+    micro_batches: int = 1,
 ) -> LossTerms:
-    """Task cross-entropy plus λ·STR for one batch in one forward pass (plain SFT when ``objective`` is None).
+    """Task cross-entropy plus λ·STR for one micro-batch in one forward pass (plain SFT when ``objective`` is None).
 
-    The anchor terms are means over the step's anchor target positions; the task-reference term, like the task
-    loss, a sum over label positions (conflicts count 0) divided by the label count. A term that is NaN or
-    infinite raises :class:`~logitguard.hosts.trainer.NonFiniteLoss` naming it (one host synchronisation).
+    Every term is this micro-batch's share of the step's mean: the task loss and the task-reference term are sums
+    over label positions divided by the step's label count, the anchor terms sums over this share's anchor positions
+    divided by the step's. Under ``torch.distributed`` the loss is multiplied by the number of processes, whose
+    gradients DDP and FSDP average. A term that is NaN or infinite raises
+    :class:`~logitguard.hosts.trainer.NonFiniteLoss` naming it (one host synchronisation). The artifacts are
+    checked against the model on the first call.
 
     Args:
         model: the model being trained (a PEFT model for the task reference; a DDP wrapper is fine).
         batch: ``input_ids``/``attention_mask``/``labels``, each ``(B, L)``; labels ``-100`` off the response.
         objective: the STR objective (settings, safety tokens, anchors and their schedule).
         step: the 0-based optimizer step (it picks the anchor rows).
-        num_items_in_batch: label tokens across the whole accumulated batch; the task loss is its
-            sum divided by this (exact gradient accumulation). Defaults to this batch's label count.
+        num_items_in_batch: label tokens in the whole step: every micro-batch, on every process. Default: this
+            batch's count times micro-batches and processes.
+        micro_batch, micro_batches: this micro-batch's index among the step's gradient-accumulation micro-batches
+            (it takes its part of the step's anchors).
     """
-    rows = objective.anchor_rows(step) if objective is not None else None
+    share = StepShare.of_process(micro_batch, micro_batches)
+    labels = batch["labels"]
+    reductions = loop_reductions(share, labels, num_items_in_batch)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    forward, head = None, nullcontext()
+    plan, head = None, nullcontext()
     if objective is not None:
-        forward = objective.forward_inputs(batch, rows)
-        inputs = {key: value for key, value in forward.model_inputs().items() if key != "labels"}
-        if forward.extra_rows:
-            head = head_on_first_rows(model, forward.task_rows)  # no logits for the packed anchor rows
+        plan = objective.plan(batch, step, share)
+        inputs = {key: value for key, value in plan.inputs.model_inputs().items() if key != "labels"}
+        if plan.inputs.extra_rows:
+            head = head_on_first_rows(model, plan.inputs.task_rows)  # no logits for the packed anchor rows
     with captured_hidden_states(model) as hidden, head:
         logits = model(**inputs, use_cache=False).logits
-    labels = batch["labels"]
     positions = labels[:, 1:] != IGNORE_INDEX
-    denominator = positions.sum() if num_items_in_batch is None else num_items_in_batch
-    denominator = torch.as_tensor(denominator, device=logits.device).clamp(min=1)
     task_logits = logits[:, : labels.shape[1] - 1][positions]
-    task = F.cross_entropy(task_logits.float(), labels[:, 1:][positions], reduction="sum") / denominator
+    task = reductions.share(F.cross_entropy(task_logits.float(), labels[:, 1:][positions], reduction="sum"))
     zero = torch.zeros((), device=logits.device)
     if objective is None:
         return _checked(LossTerms(task, task.detach(), zero, zero, zero, zero), step)
-    sums = objective.penalties(unwrap_parallel(model), hidden[0], batch, forward)
-    str_anchor = sums.anchor / rows.step_positions if rows is not None else sums.anchor
-    str_benign = sums.benign / rows.benign_step_positions if rows is not None else sums.benign
-    str_task = sums.task / denominator
-    loss = task + objective.config.weight * (str_anchor + str_benign + str_task)
-    terms = (str_anchor, str_benign, str_task, sums.conflict_fraction)
-    return _checked(LossTerms(loss, task.detach(), *(t.detach() for t in terms)), step)
+    terms = objective.terms(unwrap_parallel(model), hidden[0], batch, plan, reductions.step_labels)
+    loss = task + reductions.factor * terms.penalty
+    scaled = (t.detach() * reductions.factor for t in (terms.anchor, terms.benign, terms.task))
+    return _checked(LossTerms(loss, task.detach(), *scaled, terms.conflict_fraction.detach()), step)
 
 
 def _checked(terms: LossTerms, step: int) -> LossTerms:

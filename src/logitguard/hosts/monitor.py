@@ -54,6 +54,7 @@ class SafetyMonitor(TrainerCallback):
         self.trainer, self.prompts = trainer, list(prompts)
         self.every_steps, self.min_refusal, self.action = every_steps, min_refusal, action
         self.max_new_tokens = max_new_tokens
+        self.stopped: str | None = None  # why it stopped the run (action "stop"), once it has
 
     def measure(self) -> dict[str, float]:
         """:func:`~logitguard.evaluation.verdicts.refusal_rates` of the model's answers to the prompts."""
@@ -71,6 +72,8 @@ class SafetyMonitor(TrainerCallback):
             message = f"refusal rate {rate:.2f} fell below {self.min_refusal:.2f} at step {state.global_step}"
             if self.action == "stop":
                 warnings.warn(f"{message}: stopping training", stacklevel=2)
+                self.stopped = message
+                self.trainer.log({"safety/stopped_at_step": state.global_step})
                 control.should_training_stop = True
                 control.should_save = True
             else:

@@ -29,14 +29,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.profiler import record_function
 from transformers import Trainer, TrainerCallback
 
 from logitguard.core.anchor_cache import AnchorCache
-from logitguard.core.model_access import captured_hidden_states, head_on_first_rows, vocab_size
-from logitguard.core.objective import AnchorRows, STRConfig, STRObjective
-from logitguard.core.safety_tokens import SafetyTokens, check_vocabulary
-from logitguard.data.chat import IGNORE_INDEX
+from logitguard.core.config import STRConfig
+from logitguard.core.model_access import captured_hidden_states, head_on_first_rows
+from logitguard.core.objective import TERMS as STR_TERMS
+from logitguard.core.objective import STRObjective
+from logitguard.core.safety_tokens import SafetyTokens
+from logitguard.core.schedule import StepShare
+from logitguard.core.step import trainer_reductions
 from logitguard.errors import LogitGuardError
 
 
@@ -55,7 +57,7 @@ class _StopOnNonFinite(TrainerCallback):
         return control
 
 
-TERMS = ("task_loss", "str_anchor", "str_benign", "str_task", "str_conflict_fraction")
+TERMS = ("task_loss", *STR_TERMS)
 
 
 class STRTrainerMixin:
@@ -84,12 +86,8 @@ class STRTrainerMixin:
         super().__init__(*args, **kwargs)
         if self.processing_class is not None and hasattr(self.processing_class, "get_vocab"):
             safety_tokens.check_tokenizer(self.processing_class)
-        check_vocabulary(safety_tokens, vocab_size(self.model))
-        if str_config.uses_anchors and anchors is not None:
-            anchors.check(self.model, safety_tokens)
-        if str_config.two_sided and benign_anchors is not None:
-            benign_anchors.check(self.model, safety_tokens, "benign anchor cache")
         self.str_objective = STRObjective(str_config, safety_tokens, anchors, self.args.seed, benign_anchors)
+        self.str_objective.check_model(self.model)
         self._micro_step = (-1, 0)  # (optimizer step, micro-batch index within it)
         self._str_sums: Tensor | None = None  # each term summed on the device since the last log (no host sync)
         self._str_count = 0
@@ -116,72 +114,34 @@ class STRTrainerMixin:
                 "STR needs padded batches with an attention_mask; turn off padding_free/packing in the trainer args"
             )
         objective = self.str_objective
-        with record_function("str: anchor layout"):
-            rows = self._anchor_rows()
-        forward = objective.forward_inputs(inputs, rows)
+        plan = objective.plan(inputs, self.state.global_step, self._step_share())
         host_inputs = {key: value for key, value in inputs.items() if key not in ("attention_mask", "position_ids")}
-        host_inputs |= forward.model_inputs(self.logits_for_anchor_rows)
+        host_inputs |= plan.inputs.model_inputs(self.logits_for_anchor_rows)
         unwrapped = self.accelerator.unwrap_model(model)
         head = nullcontext()
-        if forward.extra_rows and not self.logits_for_anchor_rows:
-            head = head_on_first_rows(unwrapped, forward.task_rows)  # no logits for the anchor rows
+        if plan.inputs.extra_rows and not self.logits_for_anchor_rows:
+            head = head_on_first_rows(unwrapped, plan.inputs.task_rows)  # no logits for the anchor rows
         with captured_hidden_states(unwrapped) as hidden_states, head:
             result = super().compute_loss(model, host_inputs, return_outputs, num_items_in_batch)
         task_loss, outputs = result if return_outputs else (result, None)
-        peft_model = self.accelerator.unwrap_model(model)
-        sums = objective.penalties(peft_model, hidden_states[0], inputs, forward)
-        positions = inputs["labels"][:, 1:] != IGNORE_INDEX
-        anchor_share = sums.anchor / rows.step_positions if rows is not None else sums.anchor
-        benign_share = sums.benign / rows.benign_step_positions if rows is not None else sums.benign
-        task_share = sums.task / self._global_label_count(positions, num_items_in_batch)
-        scale = self._micro_batch_scale(num_items_in_batch)  # this micro-batch's shares of the step's means
-        loss = task_loss + objective.config.weight * scale * (anchor_share + benign_share + task_share)
-        parts = self.accelerator.num_processes * self._accumulation_steps
-        shares = (task_loss.detach() / scale, anchor_share, benign_share, task_share)
-        terms = torch.stack([*(share * parts for share in shares), sums.conflict_fraction]).detach().float()
-        self._record(terms)
+        reductions = trainer_reductions(self, inputs["labels"], num_items_in_batch)
+        terms = objective.terms(unwrapped, hidden_states[0], inputs, plan, reductions.step_labels)
+        loss = task_loss + reductions.factor * terms.penalty
+        # logged per micro-batch as estimates of the step's mean (each share times the step's shares)
+        parts = plan.share.parts
+        shares = torch.cat([(task_loss.detach() / reductions.factor).reshape(1).float(), terms.stacked()])
+        self._record(shares * torch.tensor([parts, parts, parts, parts, 1.0], device=shares.device))
         return (loss, outputs) if return_outputs else loss
 
-    @property
-    def _accumulation_steps(self) -> int:
-        """Micro-batches in the current optimizer step (set by ``Trainer.train``; the configured value outside it)."""
-        return getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-
-    def _anchor_rows(self) -> AnchorRows | None:
-        """This rank's and micro-batch's share of the step's anchor draw."""
+    def _step_share(self) -> StepShare:
+        """This micro-batch's place in the optimizer step (counted here: the Trainer does not say)."""
         step = self.state.global_step
         micro = self._micro_step[1] + 1 if self._micro_step[0] == step else 0
         self._micro_step = (step, micro)
-        steps = self._accumulation_steps
+        steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         if micro >= steps:
             raise RuntimeError(f"more micro-batches than gradient-accumulation steps ({steps}) at step {step}")
-        return self.str_objective.anchor_rows(
-            step, self.accelerator.process_index * steps + micro, self.accelerator.num_processes * steps
-        )
-
-    def _micro_batch_scale(self, num_items_in_batch: Tensor | int | None) -> float:
-        """What a share of the step's global mean must be multiplied by to survive the Trainer's reductions.
-
-        Gradients are averaged over processes, and a loss the Trainer does not
-        consider normalised for gradient accumulation is divided by its steps.
-        """
-        scale = self.accelerator.num_processes
-        scaled_for_ga = getattr(self, "loss_is_scaled_for_ga", None)
-        if scaled_for_ga is None:
-            scaled_for_ga = (
-                self.model_accepts_loss_kwargs and num_items_in_batch is not None
-            ) or self.compute_loss_func is not None
-        if not scaled_for_ga:
-            scale *= self._accumulation_steps
-        return scale
-
-    def _global_label_count(self, positions: Tensor, num_items_in_batch: Tensor | int | None) -> Tensor:
-        """Label tokens in the whole optimizer step across processes (``num_items_in_batch`` when it counts them)."""
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            return torch.as_tensor(num_items_in_batch, device=positions.device).clamp(min=1)
-        local = positions.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
-        steps = 1 if num_items_in_batch is not None else self._accumulation_steps
-        return (local * steps * self.accelerator.num_processes).to(positions.device).clamp(min=1)
+        return StepShare(micro, steps, self.accelerator.process_index, self.accelerator.num_processes)
 
     def _record(self, terms: Tensor) -> None:
         """Add this micro-batch's ``(len(TERMS),)`` terms to the device-side sums, and note a non-finite one."""

@@ -10,59 +10,39 @@ Use it (an example: ``configs/frameworks/axolotl_qwen2.5_1.5b_lora_str.yaml``)::
 
 then ``logitguard check axolotl cfg.yml`` (fails when the plugin path is misspelled, which Axolotl only logs and
 then trains without STR, or when another plugin's trainer would win) and ``axolotl train cfg.yml``. The settings
-are validated by Axolotl's schema; the safety tokens and anchors are made from the model on first use (or read from
-``logitguard.tokens``/``logitguard.anchors``) into ``output_dir``, where ``logitguard_str.json`` records that STR
-ran. Supports supervised fine-tuning (no ``rl:``) with padded batches (``sample_packing: false``).
+are checked as ``logitguard train``'s ``str:`` section is (:mod:`logitguard.integrations.axolotl_schema`); the
+safety tokens and anchors are made from the model on first use (or read from ``logitguard.tokens``/
+``logitguard.anchors``) into ``output_dir``, where ``logitguard_str.json`` records that STR ran.
+Supports supervised fine-tuning (no ``rl:``) with padded batches (``sample_packing: false``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import typing
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
-from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from logitguard.errors import LogitGuardError
+from logitguard.integrations.axolotl_schema import LogitGuardArgs
 from logitguard.integrations.host import str_host_trainer
-from logitguard.settings import STRSection
+from logitguard.settings import STRSection, str_block
 
 PLUGIN = "logitguard.integrations.axolotl.LogitGuardPlugin"
-
-
-def _settings_model() -> type[BaseModel]:
-    """A pydantic model of :class:`STRSection`'s fields (types and defaults), unknown keys forbidden."""
-    hints = typing.get_type_hints(STRSection)
-    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(STRSection)}
-    return create_model("LogitGuardSettings", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-LogitGuardSettings = _settings_model()
-
-
-class LogitGuardArgs(BaseModel):
-    """The ``logitguard:`` block of an Axolotl config."""
-
-    logitguard: LogitGuardSettings = Field(default_factory=LogitGuardSettings)  # type: ignore[valid-type]
+__all__ = ["PLUGIN", "LogitGuardArgs", "LogitGuardPlugin", "settings_from"]
 
 
 def settings_from(cfg: Any) -> STRSection:
-    """The STR section of an Axolotl config (its own checks, e.g. λ >= 0, raise naming the block)."""
-    block = cfg.get("logitguard") or {}
-    values = block.model_dump() if isinstance(block, BaseModel) else dict(block)
-    try:
-        return STRSection(**values)
-    except (TypeError, ValueError) as e:
-        raise LogitGuardError(f"axolotl config: logitguard: {e}") from None
+    """The STR section of an Axolotl config (checked as a run config's ``str:`` section is)."""
+    block = cfg.get("logitguard")
+    return str_block(block.model_dump() if hasattr(block, "model_dump") else block, "axolotl config", "logitguard")
 
 
 class LogitGuardPlugin(BasePlugin):
     """Adds Safety Token Regularization to Axolotl's supervised fine-tuning."""
 
     def get_input_args(self) -> str:
-        return "logitguard.integrations.axolotl.LogitGuardArgs"
+        return "logitguard.integrations.axolotl_schema.LogitGuardArgs"
 
     def pre_model_load(self, cfg: Any) -> None:
         # Axolotl seeds inside Trainer.__init__, after the LoRA adapters are initialised: seed here so the

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from logitguard.artifacts import ANCHORS_FILE, TOKENS_FILE, safety_artifacts
 from logitguard.core.anchor_cache import AnchorCache
-from logitguard.core.objective import STRConfig
+from logitguard.core.config import STRConfig
 from logitguard.core.safety_tokens import SafetyTokens
-from logitguard.data.chat import chat_messages
 from logitguard.errors import LogitGuardError
 from logitguard.evaluation.metrics import metric_columns
 from logitguard.evaluation.plots import plot_refusal_curves
@@ -26,7 +25,6 @@ from logitguard.io import ensure_writable_dir, write_json, write_text
 from logitguard.lab.finetune import FinetuneConfig, finetune
 from logitguard.lab.toy.model import ToyRecipe
 from logitguard.lab.toy.setting import ToySetting
-from logitguard.selection import select_samples
 from logitguard.settings import LoraSection
 
 TOY_COLUMNS = metric_columns(
@@ -85,25 +83,6 @@ def make_artifacts(
         benign=setting.discovery_benign(config.n_discovery_benign),
         refusals="generate",
         k=config.k,
-    )
-
-
-def select_examples(
-    model, setup: DemoSetup, examples: list[tuple[str, str]], selection, scores_path: Path, identity: dict
-) -> list[bool]:
-    """Sample selection of ``(prompt, response)`` examples on ``model`` (a fresh LoRA model): the keep mask. The
-    safety score takes its direction from the anchors' refusals; every record also gets its refusal score."""
-    samples = ((f"example {i}", chat_messages(p, r)) for i, (p, r) in enumerate(examples))
-    return select_samples(
-        model,
-        setup.setting.tokenizer,
-        samples,
-        selection,
-        scores_path,
-        identity,
-        total=len(examples),
-        tokens=setup.tokens,
-        anchors=setup.anchors,
     )
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
 
 from logitguard.core.anchor_cache import AnchorCache
-from logitguard.core.objective import STRConfig
+from logitguard.core.config import STRConfig
 from logitguard.core.safety_tokens import SafetyTokens
 from logitguard.data.chat import collate, encode_chat, length_grouped_order
 from logitguard.domains import NON_NEGATIVE, POSITIVE, at_least, check_fields, within

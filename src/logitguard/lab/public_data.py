@@ -29,8 +29,6 @@ from logitguard.errors import LogitGuardError
 from logitguard.io import read_text, text_lines
 
 Pair = tuple[str, str]
-HARMFUL_SETS = ("I-MaliciousInstructions", "I-CoNa", "I-Controversial", "I-PhysicalSafetyUnsafe", "Q-Harm")
-SAFE_SETS = ("I-PhysicalSafetySafe", "I-Alpaca")
 
 
 def _file(root: Path, relative: str) -> Path:
@@ -72,17 +70,6 @@ def gsm8k_number(text: str) -> str | None:
     return match.group(1).replace(",", "") if match else None
 
 
-def self_instruct_prompts(root: Path) -> list[str]:
-    """Self-Instruct's human-written benign instructions, one prompt per instance (instruction + input)."""
-    prompts = []
-    for name in ("seed_tasks.jsonl", "user_oriented_instructions.jsonl"):
-        for _, line in text_lines(_file(root, f"self-instruct/{name}")):
-            if line.strip():
-                record = json.loads(line)
-                prompts += [_prompt(record["instruction"], i.get("input", "")) for i in record["instances"]]
-    return prompts
-
-
 HARMFUL_PROMPT_SETS = ("catqa_en", "harmfulqa", "donotanswer", "harmbench_text", "strongreject")
 LOOKALIKE_SETS = ("orbench_hard_1k", "coconot_contrast")
 HELD_OUT_SHARE = 0.3
@@ -120,14 +107,6 @@ def lookalike_answers(root: Path) -> list[tuple[str, str]]:
         for r in prompt_records(root, "over-refusal", "coconot_pref")
         if isinstance(r.get("response"), str) and not held_out(r["prompt"])
     ]
-
-
-def harmful_training_prompts(root: Path, n: int = 256, seed: int = 0) -> list[str]:
-    """``n`` harmful prompts of the training side of the five public harmful sets, shuffled under ``seed``: the
-    "many phrasings" anchors."""
-    pool = [p for name in HARMFUL_PROMPT_SETS for p in split_prompts(root, "harmful-prompts", name, False)]
-    random.Random(seed).shuffle(pool)
-    return pool[:n]
 
 
 def lookalike_training_prompts(root: Path, n: int = 128, seed: int = 0) -> list[str]:

@@ -8,34 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from logitguard.core.model_access import unwrap
+from logitguard.core.model_access import weights_fingerprint
 from logitguard.errors import LogitGuardError
-from logitguard.fingerprints import fingerprint
 from logitguard.io import read_json, write_json
 
 BASE_FILE = "logitguard_base.json"
 
 
-def base_fingerprint(model: nn.Module, values: int = 4096) -> str:
-    """Fingerprint of the base model's weights (adapters left out): names, shapes and leading values in bfloat16.
+def base_fingerprint(model: nn.Module) -> str:
+    """Fingerprint of the base model's weights (adapters left out:
+    :func:`~logitguard.core.model_access.weights_fingerprint`), written beside each adapter LogitGuard saves
+    (:data:`BASE_FILE`) and checked when the adapter is loaded for evaluation."""
+    return weights_fingerprint(model)
 
-    bfloat16 makes the same checkpoint hash alike whether it was loaded in fp32 or bf16; a merged or another
-    fine-tuned base changes its leading values and so its hash. Written beside each adapter LogitGuard saves
-    (:data:`BASE_FILE`) and checked when the adapter is loaded for evaluation.
-    """
 
-    def chunks():
-        for name, p in unwrap(model).named_parameters():
-            if "lora_" in name:
-                continue
-            yield f"{name.replace('.base_layer', '')}:{tuple(p.shape)}"
-            yield p.detach().flatten()[:values].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
-
-    return fingerprint(chunks())
+def same_model_name(recorded: str, given: str) -> bool:
+    """Whether two model names are the same model: equal, or local paths to the same folder (an absolute path
+    recorded in an adapter and a relative one given on the command line)."""
+    if recorded == given:
+        return True
+    return Path(recorded).exists() and Path(given).exists() and Path(recorded).resolve() == Path(given).resolve()
 
 
 def save_adapter(model: PreTrainedModel, folder: str | Path) -> None:
@@ -44,8 +39,15 @@ def save_adapter(model: PreTrainedModel, folder: str | Path) -> None:
     write_json(Path(folder) / BASE_FILE, {"base_fingerprint": base_fingerprint(model)})
 
 
-def load_adapter(model: PreTrainedModel, adapter: str | Path, base_name: str | None = None, any_base: bool = False):
-    """``model`` with the PEFT adapter in ``adapter``, after checking that the adapter was trained on it.
+def load_adapter(
+    model: PreTrainedModel,
+    adapter: str | Path,
+    base_name: str | None = None,
+    any_base: bool = False,
+    trainable: bool = False,
+):
+    """``model`` with the PEFT adapter in ``adapter`` (``trainable``: to train it further), after checking that the
+    adapter was trained on it.
 
     An adapter LogitGuard saved records its base's fingerprint, which must match ``model``'s; another adapter
     records its base's name (``base_model_name_or_path``), which must match ``base_name``. ``any_base`` skips the
@@ -69,9 +71,9 @@ def load_adapter(model: PreTrainedModel, adapter: str | Path, base_name: str | N
                 )
         else:
             trained_on = read_json(config_path, dict, "an adapter config").get("base_model_name_or_path")
-            if trained_on and base_name and str(trained_on) != str(base_name):
+            if trained_on and base_name and not same_model_name(str(trained_on), str(base_name)):
                 raise LogitGuardError(
                     f"{folder} was trained on {trained_on!r}, not {base_name!r}; load that model, or pass "
                     "--any-adapter-base if this one is a copy of it"
                 )
-    return PeftModel.from_pretrained(model, str(folder))
+    return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)

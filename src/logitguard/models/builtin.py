@@ -26,10 +26,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from logitguard.errors import LogitGuardError
 from logitguard.fingerprints import folder_fingerprint
-from logitguard.io import atomic_directory
 from logitguard.models.adapters import load_adapter
 from logitguard.models.cache import cache_root
 from logitguard.models.gguf import converted_gguf
+from logitguard.outputs import built_once
 
 ADAPTERS = Path(__file__).parent / "builtin_adapters"
 
@@ -178,15 +178,13 @@ def merged_adapter(base: Path, adapter: Path) -> Path:
     if not (adapter / "adapter_config.json").is_file():
         raise LogitGuardError(f"{adapter}: the committed adapter is missing; reinstall logitguard")
     folder = cache_root() / f"merged-{adapter.name}-{folder_fingerprint(adapter)}-{base.name}"
-    if (folder / "config.json").is_file():
-        return folder
-    model = load_adapter(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
-    merged = model.merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    with atomic_directory(folder) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return folder
+
+    def build(tmp: Path) -> None:
+        model = load_adapter(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
+        model.merge_and_unload().save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+
+    return built_once(folder, lambda f: (f / "config.json").is_file(), build)
 
 
 def resolve_model(name_or_path: str) -> str:

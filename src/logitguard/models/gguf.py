@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from logitguard.errors import LogitGuardError
 from logitguard.fingerprints import file_fingerprint
-from logitguard.io import atomic_directory
 from logitguard.models.cache import cache_root
+from logitguard.outputs import built_once
 
 
 def converted_gguf(path: Path, fingerprint: str | None = None) -> Path:
@@ -25,14 +25,16 @@ def converted_gguf(path: Path, fingerprint: str | None = None) -> Path:
         return folder
     if importlib.util.find_spec("gguf") is None:
         raise LogitGuardError(f"reading {path.name} needs the gguf package: pip install 'logitguard[gguf]'")
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    config = loaded.config
-    config.quantization_config = None  # a GGUF-loaded model refuses save_pretrained; rebuild it without one
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    with atomic_directory(folder) as tmp:
+
+    def build(tmp: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        config = loaded.config
+        config.quantization_config = None  # a GGUF-loaded model refuses save_pretrained; rebuild it without one
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return folder
+
+    return built_once(folder, lambda f: (f / "config.json").is_file(), build)

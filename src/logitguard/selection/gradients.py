@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from logitguard.core.anchor_cache import AnchorCache
-from logitguard.core.model_access import eval_mode
+from logitguard.core.model_access import decoder_stack, eval_mode
 from logitguard.data.chat import IGNORE_INDEX, collate, encode_chat
 from logitguard.errors import LogitGuardError
 
@@ -54,22 +56,95 @@ def trainable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return layers
 
 
+Gradient = Literal["dense", "trainable"]
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer a module belongs to (``model.layers.3.self_attn.q_proj`` -> 3), or None (the LM head)."""
+    found = _LAYER.search(f".{name}.")
+    return int(found.group(1)) if found else None
+
+
+def scored_linears(
+    model: nn.Module, gradient: Gradient = "dense", last_layers: int | None = None
+) -> dict[str, nn.Linear]:
+    """The Linear layers whose per-sample weight gradients a score covers.
+
+    ``"trainable"``: the weights that will be trained (LoRA's A and B, or every Linear layer when fine-tuning
+    fully). ``"dense"``: under LoRA, the frozen weights the adapters adapt (the gradient full fine-tuning of those
+    layers would follow; LoRA's B starts at 0, so A has no gradient and B's is the dense one seen through the random
+    A); without LoRA the same as ``"trainable"``. ``last_layers``: only the Linear layers of the last N decoder
+    layers (the backward pass then stops there: :func:`gradient_entry`).
+    """
+    adapted = {
+        name: m.base_layer for name, m in model.named_modules() if isinstance(getattr(m, "base_layer", None), nn.Linear)
+    }
+    layers = adapted if gradient == "dense" and adapted else trainable_linears(model)
+    if last_layers is not None:
+        first = decoder_layers(model) - last_layers
+        layers = {n: m for n, m in layers.items() if (layer_index(n) or -1) >= first}
+        if not layers:
+            raise LogitGuardError(f"no scored Linear layer in the last {last_layers} decoder layers")
+    return layers
+
+
+def decoder_layers(model: nn.Module) -> int:
+    """How many decoder layers the model has."""
+    return len(decoder_stack(model).layers)
+
+
+@contextmanager
+def gradient_entry(model: nn.Module, first_layer: int = 0) -> Iterator[None]:
+    """Inside the block, the backward pass starts at decoder layer ``first_layer``: its input hidden states are
+    detached and require grad, so frozen weights from there on see their output gradients (dense scores) and no
+    backward runs through the layers before it (the last-layers proxy costs a forward and a short backward)."""
+
+    def enter(_module: nn.Module, args: tuple, kwargs: dict):
+        if torch.is_grad_enabled():
+            if args:
+                return (args[0].detach().requires_grad_(), *args[1:]), kwargs
+            kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach().requires_grad_()}
+        return args, kwargs
+
+    handle = decoder_stack(model).layers[first_layer].register_forward_pre_hook(enter, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class PerSampleGradients:
     """Hooks that accumulate each sample's squared gradient norm (and dot with a direction) over a backward pass.
 
-    ``direction`` maps ``"layer name"`` to ``(weight direction, bias direction or None)``. Use as a context
-    manager around forward + ``backward`` of the *sum* of per-sample losses; then read ``sq_norm`` and ``dot``.
+    ``layers`` (default: the trainable Linear layers) are the layers whose weight gradients count, with their
+    biases when these are trained or ``frozen_biases`` (dense scores); ``direction`` maps a layer name to
+    ``(weight direction, bias direction or None)``. Use as a context manager
+    around forward + ``backward`` of the *sum* of per-sample losses; then read ``sq_norm`` (every layer together),
+    ``layer_sq_norms`` (each layer's) and ``dot``.
     """
 
-    def __init__(self, model: nn.Module, direction: dict[str, tuple[Tensor, Tensor | None]] | None = None) -> None:
-        self.layers = trainable_linears(model)
+    def __init__(
+        self,
+        model: nn.Module,
+        direction: dict[str, tuple[Tensor, Tensor | None]] | None = None,
+        layers: dict[str, nn.Linear] | None = None,
+        frozen_biases: bool = False,
+    ) -> None:
+        self.layers = layers if layers is not None else trainable_linears(model)
+        self.frozen_biases = frozen_biases
         self.direction = direction
-        self.sq_norm: Tensor | None = None
+        self.layer_sq_norms: dict[str, Tensor] = {}
         self.dot: Tensor | None = None
         self._handles: list = []
 
+    @property
+    def sq_norm(self) -> Tensor | None:
+        """``(B,)`` each sample's squared gradient norm over every scored layer (None before a backward pass)."""
+        return sum(self.layer_sq_norms.values()) if self.layer_sq_norms else None
+
     def __enter__(self) -> PerSampleGradients:
-        self.sq_norm = self.dot = None
+        self.layer_sq_norms, self.dot = {}, None
         self._handles = [m.register_forward_hook(self._forward_hook(name)) for name, m in self.layers.items()]
         return self
 
@@ -93,12 +168,13 @@ class PerSampleGradients:
         x, grad = x.reshape(x.shape[0], -1, x.shape[-1]), grad.reshape(grad.shape[0], -1, grad.shape[-1])
         weight_dir, bias_dir = self.direction[name] if self.direction is not None else (None, None)
         sq_norm, dot = linear_sample_stats(x, grad, weight_dir)
-        if module.bias is not None and module.bias.requires_grad:
+        if module.bias is not None and (module.bias.requires_grad or self.frozen_biases):
             bias_grad = grad.float().sum(1)
             sq_norm = sq_norm + bias_grad.pow(2).sum(1)
             if bias_dir is not None:
                 dot = dot + bias_grad @ bias_dir.float()
-        self.sq_norm = sq_norm if self.sq_norm is None else self.sq_norm + sq_norm
+        earlier = self.layer_sq_norms.get(name)
+        self.layer_sq_norms[name] = sq_norm if earlier is None else earlier + sq_norm
         self.dot = dot if self.dot is None else self.dot + dot
 
 

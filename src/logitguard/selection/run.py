@@ -16,7 +16,7 @@ from logitguard.data.chat import Messages
 from logitguard.errors import LogitGuardError
 from logitguard.fingerprints import fingerprint
 from logitguard.io import atomic_write, ensure_writable_dir, write_json
-from logitguard.selection.scores import REFUSAL_SCORES, SelectionConfig, keep_mask, score_samples
+from logitguard.selection.scores import REFUSAL_SCORES, SelectionConfig, score_samples, selection_mask
 
 
 def parameters_fingerprint(model: nn.Module, trainable_only: bool = True) -> str:
@@ -57,6 +57,12 @@ def run_selection(
     """
     scores_path = Path(scores_path)
     identity = {**identity, "score": config.score, "max_length": config.max_length, "on_overflow": config.on_overflow}
+    identity |= {"gradient": config.gradient, "last_layers": config.last_layers}
+    if not config.scores_needed:  # a random draw: nothing to score
+        records = [{"score": 0.0} for _ in samples] if total is None else [{"score": 0.0}] * total
+        keep = selection_mask(config, records)
+        print(f"selection: kept {sum(keep)} of {len(keep)} samples ({config.describe()})")
+        return keep
     if safety_ids is not None:
         identity["safety_ids"] = safety_ids.tolist()
     if openings is not None:
@@ -64,10 +70,8 @@ def run_selection(
     if config.score in REFUSAL_SCORES:  # scores written before refusing answers scored 0 are not reused
         identity["refusing_answers"] = "score 0"
     summary_path = scores_path.with_name(scores_path.name + ".summary.json")
-    reused = _finished_scores(scores_path, summary_path, identity)
-    if reused is not None:
-        keep = keep_mask(reused, config.fraction, config.threshold)
-    else:
+    records = _finished_scores(scores_path, summary_path, identity)
+    if records is None:
         ensure_writable_dir(scores_path.parent)
         partial = scores_path.with_name(scores_path.name + ".partial")
         done = _resume(partial, identity)
@@ -76,32 +80,27 @@ def run_selection(
             if not done:
                 f.write(json.dumps({"identity": identity}) + "\n")
             progress = tqdm(total=total, initial=len(done), desc="scoring samples", unit="sample")
-            for records in score_samples(
+            for batch in score_samples(
                 model, tokenizer, islice(samples, len(done), None), config, direction, safety_ids, openings
             ):
-                f.write("".join(json.dumps(r) + "\n" for r in records))
+                f.write("".join(json.dumps(r) + "\n" for r in batch))
                 f.flush()
-                done += [r["score"] for r in records]
-                progress.update(len(records))
+                done += batch
+                progress.update(len(batch))
             progress.close()
         if not done:
             raise LogitGuardError("no samples to select from")
-        keep = keep_mask(done, config.fraction, config.threshold)
-        _write_final(partial, scores_path, keep)
+        records = done
+        _write_final(partial, scores_path, selection_mask(config, records))
         partial.unlink()
         summary = {"identity": identity, "samples": len(done), "seconds": time.perf_counter() - start}
         write_json(summary_path, summary)
-    kept_scores = [s for s, k in zip(reused or done, keep, strict=True) if k]
-    rule = (
-        f"the {config.fraction:.1%} with the highest {config.score} scores, above {max(kept_scores):.4g}"
-        if config.fraction is not None
-        else f"those with {config.score} scores of at least {config.threshold:.4g}"
-    )
-    print(f"selection: kept {sum(keep)} of {len(keep)} samples (dropped {rule}); scores in {scores_path}")
+    keep = selection_mask(config, records)  # the rule is not part of the scores' identity: scores are reused
+    print(f"selection: kept {sum(keep)} of {len(keep)} samples ({config.describe()}); scores in {scores_path}")
     return keep
 
 
-def _finished_scores(scores_path: Path, summary_path: Path, identity: dict) -> list[float] | None:
+def _finished_scores(scores_path: Path, summary_path: Path, identity: dict) -> list[dict] | None:
     if not (scores_path.is_file() and summary_path.is_file()):
         return None
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -111,11 +110,11 @@ def _finished_scores(scores_path: Path, summary_path: Path, identity: dict) -> l
             "choose another scores path or delete it"
         )
     with scores_path.open(encoding="utf-8") as f:
-        return [json.loads(line)["score"] for line in f]
+        return [json.loads(line) for line in f]
 
 
-def _resume(partial: Path, identity: dict) -> list[float]:
-    """Scores already in ``partial`` (a torn last line is cut off); raises if they belong to other settings."""
+def _resume(partial: Path, identity: dict) -> list[dict]:
+    """Records already in ``partial`` (a torn last line is cut off); raises if they belong to other settings."""
     if not partial.is_file():
         return []
     with partial.open("r+", encoding="utf-8") as f:
@@ -134,7 +133,7 @@ def _resume(partial: Path, identity: dict) -> list[float]:
             "delete it to start over, or run with the settings it was started with"
         )
     print(f"resuming selection: {len(lines) - 1} samples already scored in {partial}")
-    return [json.loads(line)["score"] for line in lines[1:]]
+    return [json.loads(line) for line in lines[1:]]
 
 
 def _write_final(partial: Path, scores_path: Path, keep: list[bool]) -> None:

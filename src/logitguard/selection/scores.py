@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -17,11 +19,15 @@ from logitguard.data.chat import IGNORE_INDEX, Messages, Overflow, collate, enco
 from logitguard.errors import LogitGuardError
 from logitguard.evaluation.verdicts import is_refusal
 from logitguard.selection.gradients import (
+    Gradient,
     PerSampleGradients,
+    decoder_layers,
     first_labels,
+    gradient_entry,
     grads_set_aside,
     mean_label_nll,
     sample_logits,
+    scored_linears,
 )
 
 Score = Literal["gradient-norm", "safety", "first-tokens", "refusal", "refusal-opening"]
@@ -33,24 +39,39 @@ SCORE_FIELDS = {"gradient-norm": "grad_norm", "first-tokens": "grad_norm", "refu
 OPENING_TOKENS = 3  # tokens of the aligned model's refusal openings the "refusal-opening" score reads ("I'm sorry")
 
 
+Rule = Literal["drop-top", "moderate", "lowest", "highest", "random"]
+RULES: tuple[str, ...] = ("drop-top", "moderate", "lowest", "highest", "random")
+KEEPS = ("moderate", "lowest", "highest", "random")  # rules that keep a share ``keep`` of the samples
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
-    """What is dropped, and how samples are scored and encoded.
+    """Which samples are kept, and how they are scored and encoded.
 
     Attributes:
-        fraction: share of samples dropped, the highest scores (None: drop by ``threshold`` instead).
-        score: ``gradient-norm`` (the companion paper's), ``safety`` (raises the refusal loss), ``first-tokens``
-            (gradient norm of the first response tokens' NLL), or ``refusal``: the probability the aligned model
-            gives the safety tokens at the first response position, i.e. how surely it would start a refusal
-            where the sample's answer starts (a forward pass, no gradient); a sample that itself answers with a
-            refusal that ends scores 0. ``refusal-opening``: the probability the aligned model gives its own
-            refusal openings (the first ``OPENING_TOKENS`` tokens of the anchors' refusals, e.g. "I'm sorry")
-            right after the sample's prompt, summed over the distinct openings (one short forward pass per
-            opening, no gradient); a refusing answer scores 0 here too. ``refusal`` sums single safety tokens,
-            which on some models are ordinary openings ("To", "If"): on Qwen2.5-Coder it ranked harmful samples
-            below benign ones; ``refusal-opening`` asks for the refusal itself.
-        threshold: drop every sample scoring at least this (e.g. 0.1 with ``refusal-opening``: the aligned model
-            gives starting a refusal at least a one-in-ten chance where the sample's answer starts).
+        fraction: ``drop-top``: share of samples dropped, the highest scores (None: drop by ``threshold``).
+        score: ``gradient-norm`` (‖∇ loss‖ at the model about to be trained), ``safety`` (raises the refusal loss),
+            ``first-tokens`` (gradient norm of the first response tokens' NLL), or ``refusal``: the probability the
+            aligned model gives the safety tokens at the first response position, i.e. how surely it would start a
+            refusal where the sample's answer starts (a forward pass, no gradient); a sample that itself answers
+            with a refusal that ends scores 0. ``refusal-opening``: the probability the aligned model gives its own
+            refusal openings (the first ``OPENING_TOKENS`` tokens of the anchors' refusals, e.g. "I'm sorry") right
+            after the sample's prompt, summed over the distinct openings; a refusing answer scores 0 here too.
+        threshold: ``drop-top``: drop every sample scoring at least this (e.g. 0.1 with ``refusal-opening``).
+        rule: ``drop-top`` (drop the highest ``fraction``, or every score at least ``threshold``: with
+            ``gradient-norm`` the High-Gi tail), ``moderate`` (Moderate-Gi, Bach et al. 2026: the loss band, then
+            keep the ``keep`` share whose scores lie closest to their median: both tails go), ``lowest`` /
+            ``highest`` (the loss band, then keep the ``keep`` share of lowest / highest scores: Low-Gi, High-Gi),
+            ``random`` (keep a ``keep`` share drawn under ``seed``, no scores: the paper's control).
+        keep: the share kept by ``moderate``, ``lowest``, ``highest`` and ``random`` (ρ; the paper's 0.2).
+        loss_band: before ranking, drop the samples whose loss lies outside mean ± ``loss_band`` standard deviations
+            (the paper's pre-filter, about the outer 16% on each side at 1.0); None: no band.
+        gradient: the parameters a gradient score covers (:func:`~logitguard.selection.gradients.scored_linears`):
+            ``dense`` (under LoRA, the weights the adapters adapt, as full fine-tuning sees them) or ``trainable``
+            (the adapters themselves). The ``safety`` score always takes the trainable ones.
+        last_layers: score only the last N decoder layers' weights: a forward pass and a short backward (a proxy of
+            the full norm: ``benchmarks/selection_proxy.py`` measures how well it ranks).
+        seed: the draw of ``random``.
     """
 
     fraction: float | None = 0.1
@@ -59,16 +80,52 @@ class SelectionConfig:
     max_length: int = 1024
     on_overflow: Overflow = "error"
     threshold: float | None = None
+    rule: Rule = "drop-top"
+    keep: float | None = None
+    loss_band: float | None = 1.0
+    gradient: Gradient = "dense"
+    last_layers: int | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        if (self.fraction is None) == (self.threshold is None):
+        if self.rule not in RULES:
+            raise LogitGuardError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.rule == "drop-top" and (self.fraction is None) == (self.threshold is None):
             raise LogitGuardError("give exactly one of a fraction of samples to drop and a score threshold")
+        if self.rule == "drop-top" and self.keep is not None:
+            raise LogitGuardError("keep is the share the other rules keep; drop-top drops a fraction or a threshold")
+        if self.rule in KEEPS and (self.keep is None or not 0 < self.keep < 1):
+            raise LogitGuardError(
+                f"rule {self.rule!r} needs keep, the share of samples kept, in (0, 1); got {self.keep}"
+            )
         if self.fraction is not None and not 0 < self.fraction < 1:
             raise LogitGuardError(f"fraction (share of samples to drop) must be in (0, 1), got {self.fraction}")
         if self.score not in SCORES:
             raise LogitGuardError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         if self.batch_size <= 0 or self.max_length <= 0:
             raise LogitGuardError(f"batch_size and max_length must be > 0, got {self.batch_size} and {self.max_length}")
+        if self.loss_band is not None and not self.loss_band > 0:
+            raise LogitGuardError(f"loss_band must be > 0 (standard deviations), got {self.loss_band}")
+        if self.last_layers is not None and self.last_layers < 1:
+            raise LogitGuardError(f"last_layers must be >= 1, got {self.last_layers}")
+        if self.gradient not in ("dense", "trainable"):
+            raise LogitGuardError(f"gradient must be 'dense' or 'trainable', got {self.gradient!r}")
+
+    @property
+    def scores_needed(self) -> bool:
+        """Whether the rule reads scores (``random`` keeps its draw without scoring anything)."""
+        return self.rule != "random"
+
+    def describe(self) -> str:
+        """What the rule keeps, in words (for logs and tables)."""
+        if self.rule == "drop-top":
+            what = f"the {self.fraction:.0%} highest" if self.fraction is not None else f"every {self.threshold:g}+"
+            return f"drops {what} {self.score} scores"
+        if self.rule == "random":
+            return f"keeps {self.keep:.0%} at random (seed {self.seed})"
+        where = {"moderate": "closest to their median", "lowest": "lowest", "highest": "highest"}[self.rule]
+        band = f", within a ±{self.loss_band:g}σ loss band" if self.loss_band is not None else ""
+        return f"keeps the {self.keep:.0%} {self.score} scores {where}{band}"
 
 
 def prompt_lengths(labels: Tensor) -> Tensor:
@@ -221,7 +278,10 @@ def _batch_scores(
             mass = first_response_mass(logits, batch["labels"], safety_ids)
             return {"loss": mean_label_nll(logits, batch["labels"]), "refusal": mass}
     labels = first_labels(batch["labels"], FIRST_TOKENS) if config.score == "first-tokens" else batch["labels"]
-    with PerSampleGradients(model, direction) as stats:
+    gradient = "trainable" if direction is not None else config.gradient
+    layers = scored_linears(model, gradient, config.last_layers)
+    first = decoder_layers(model) - config.last_layers if config.last_layers else 0
+    with gradient_entry(model, first), PerSampleGradients(model, direction, layers, gradient == "dense") as stats:
         logits = sample_logits(model, batch)
         losses = mean_label_nll(logits, labels)
         losses.sum().backward()
@@ -251,3 +311,50 @@ def keep_mask(scores: list[float], fraction: float | None, threshold: float | No
     for i in order[:n_drop]:
         keep[i] = False
     return keep
+
+
+def loss_band_mask(losses: list[float], band: float | None) -> list[bool]:
+    """True for the losses inside mean ± ``band`` standard deviations (all of them when ``band`` is None)."""
+    if band is None or len(losses) < 2:
+        return [True] * len(losses)
+    mean, spread = statistics.fmean(losses), statistics.pstdev(losses)
+    return [abs(loss - mean) <= band * spread for loss in losses]
+
+
+def keep_share(
+    scores: list[float], losses: list[float] | None, rule: Rule, keep: float, band: float | None, seed: int = 0
+) -> list[bool]:
+    """True for the ``round(keep · n)`` samples a keep-rule keeps (at least one).
+
+    ``moderate``: among the samples inside the loss band, those whose score lies closest to the band's median score;
+    ``lowest``/``highest``: the band's lowest/highest scores; ``random``: a draw under ``seed`` (scores unread). Ties
+    go to the earlier sample. Fewer samples inside the band than asked for: all of them are kept.
+    """
+    n = len(scores)
+    wanted = max(1, round(keep * n))
+    if rule == "random":
+        chosen = set(random.Random(seed).sample(range(n), wanted))
+        return [i in chosen for i in range(n)]
+    inside = [i for i, ok in enumerate(loss_band_mask(losses or [0.0] * n, band)) if ok]
+    if not inside:
+        raise LogitGuardError(f"no sample lies inside the ±{band:g}σ loss band")
+    if rule == "moderate":
+        median = statistics.median(scores[i] for i in inside)
+        order = sorted(inside, key=lambda i: (abs(scores[i] - median), i))
+    else:
+        order = sorted(inside, key=lambda i: (scores[i] if rule == "lowest" else -scores[i], i))
+    chosen = set(order[:wanted])
+    return [i in chosen for i in range(n)]
+
+
+def selection_mask(config: SelectionConfig, records: list[dict]) -> list[bool]:
+    """The keep mask of ``config``'s rule over the scored ``records`` (each with ``score`` and, for the loss band,
+    ``loss``)."""
+    scores = [r["score"] for r in records]
+    if config.rule == "drop-top":
+        return keep_mask(scores, config.fraction, config.threshold)
+    band = config.loss_band if config.rule != "random" else None
+    if band is not None and any("loss" not in r for r in records):
+        raise LogitGuardError(f"the loss band needs each sample's loss, which the {config.score} score does not give")
+    losses = [r.get("loss", 0.0) for r in records]
+    return keep_share(scores, losses, config.rule, config.keep, band, config.seed)

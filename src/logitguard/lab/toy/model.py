@@ -23,12 +23,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from logitguard.data import chat
 from logitguard.fingerprints import fingerprint
-from logitguard.io import atomic_directory
 from logitguard.lab.toy import corpus as corpus_module
 from logitguard.lab.toy import train_loop
 from logitguard.lab.toy.corpus import ToyCorpus, build_corpus
 from logitguard.lab.toy.train_loop import TrainConfig
 from logitguard.models.cache import cache_root
+from logitguard.outputs import built_once
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -144,10 +144,11 @@ def toy_models(recipe: ToyRecipe = ToyRecipe(), cache_dir: Path | None = None) -
     so an interrupted build never leaves a cache entry a later run would trust.
     """
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = root / f"toy-{recipe.key()}"
-    if not (final / "aligned" / "config.json").exists():
-        with atomic_directory(final) as tmp:
-            build_toy_models(recipe, tmp)
+    final = built_once(
+        root / f"toy-{recipe.key()}",
+        lambda folder: (folder / "aligned" / "config.json").exists(),
+        lambda tmp: build_toy_models(recipe, tmp),
+    )
     return ToyModels(final / "base", final / "aligned")
 
 

@@ -13,12 +13,12 @@ import torch
 
 from logitguard.lab.gsm8k import HARMFUL_EVAL_SETS, SAFE_EVAL_SETS
 
-ROOT = Path(__file__).parents[1]
-DATA = Path(__file__).parents[2] / "shared" / "data"
+ROOT = Path(__file__).parents[2]
+DATA = ROOT.parent / "shared" / "data"
 
 
 def benchmark(name: str):
-    """The benchmark module ``benchmarks.NAME`` (the repository root is on the path: tests/ is a package)."""
+    """The benchmark module ``benchmarks.NAME`` (the repository root is on the path: benchmarks/ is a package)."""
     return importlib.import_module(f"benchmarks.{name}")
 
 
@@ -224,7 +224,8 @@ def test_the_safe_lookalikes_are_distinct_prompts_and_none_is_an_evaluation_prom
     assert len(prompts) >= 100 and len({p.lower() for p in prompts}) == len(prompts)
     if not DATA.is_dir():
         pytest.skip("the public data folder is not here")
-    from logitguard.lab.public_data import HARMFUL_SETS, SAFE_SETS, evaluation_prompts
+    from benchmarks.public_sets import HARMFUL_SETS, SAFE_SETS
+    from logitguard.lab.public_data import evaluation_prompts
 
     held_out = {p.lower() for name in HARMFUL_SETS + SAFE_SETS for p in evaluation_prompts(DATA, name)}
     assert not held_out & {p.lower() for p in prompts}
@@ -403,3 +404,13 @@ def test_the_qwen_set_table_shows_each_sets_rate_per_method_as_the_mean_over_see
     assert lines[0] == "| method | scenario | seeds | catqa_en (refusal) | orbench_hard_1k (over-refusal) |"
     assert lines[2] == "| aligned model (before fine-tuning) | — | — | 50% | 40% |"
     assert lines[3] == "| sft | benign | 0, 1 | 20% | 20% |"
+
+
+def test_self_instruct_gives_one_prompt_per_instance(tmp_path):
+    from benchmarks.public_sets import self_instruct_prompts
+
+    (tmp_path / "self-instruct").mkdir()
+    task = {"instruction": "Say hi.", "instances": [{"input": "", "output": "Hi!"}, {"input": "Bob", "output": "Hi"}]}
+    for name in ("seed_tasks.jsonl", "user_oriented_instructions.jsonl"):
+        (tmp_path / "self-instruct" / name).write_text(json.dumps(task) + "\n")
+    assert self_instruct_prompts(tmp_path) == ["Say hi.", "Say hi.\n\nBob"] * 2
