@@ -30,9 +30,8 @@ def workspace(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def shifted(workspace, tokenizer):
-    """Artifacts made from the workspace model, and a copy of it with its MLPs moved (its output embedding, which
-    the artifacts' fingerprint checks, unchanged): trained from that copy, STR has something to pull back from the
-    first step (a fresh LoRA on a random tiny model moves its logits too little to see in 4 steps)."""
+    """Artifacts made from the workspace model, and a copy of it with its MLPs moved and its output embedding
+    unchanged: another model, which the artifacts' fingerprint (every weight) must tell from theirs."""
     model = AutoModelForCausalLM.from_pretrained(workspace / "model")
     safety_artifacts(
         model,
@@ -110,16 +109,19 @@ def test_artifacts_are_made_on_first_use_the_terms_logged_and_the_run_marked(wor
     ).is_file()
 
 
-def test_given_artifacts_are_read_and_the_penalty_acts_from_the_first_step(shifted):
+def test_given_artifacts_are_read_and_the_penalty_acts_once_the_adapters_move(shifted):
     given = {
         "tokens": str(shifted / "given" / "tokens.json"),
         "anchors": str(shifted / "given" / "anchors.safetensors"),
     }
-    logs = train(config(shifted, "given-run", [PLUGIN], model="shifted", weight=0.3, **given))
-    assert all(float(log["str_anchor"]) > 0 for log in logs)
+    logs = train(config(shifted, "given-run", [PLUGIN], weight=0.3, **given))
+    anchor_terms = [float(log["str_anchor"]) for log in logs]  # 0 at the aligned model, then growing as it moves
+    assert anchor_terms[0] == 0.0 and anchor_terms[-1] > 0 and anchor_terms == sorted(anchor_terms)
     marker = json.loads((shifted / "given-run" / "logitguard_str.json").read_text())
     assert marker["safety_tokens"] == json.loads((shifted / "given" / "tokens.json").read_text())["tokens"]
     assert not (shifted / "given-run" / "anchors.safetensors").exists()  # read, not made again
+    other = run("-m", "axolotl.cli.train", str(config(shifted, "other", [PLUGIN], model="shifted", **given)))
+    assert other.returncode != 0 and "built from another model" in other.stderr  # the head alone does not pass
 
 
 def test_weight_zero_gives_the_losses_of_axolotls_own_trainer(workspace):

@@ -19,9 +19,11 @@ Supports supervised fine-tuning (no ``rl:``) with padded batches (``sample_packi
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
+from pydantic import BaseModel
 
 from logitguard.errors import LogitGuardError
 from logitguard.integrations.axolotl_schema import LogitGuardArgs
@@ -35,7 +37,11 @@ __all__ = ["PLUGIN", "LogitGuardArgs", "LogitGuardPlugin", "settings_from"]
 def settings_from(cfg: Any) -> STRSection:
     """The STR section of an Axolotl config (checked as a run config's ``str:`` section is)."""
     block = cfg.get("logitguard")
-    return str_block(block.model_dump() if hasattr(block, "model_dump") else block, "axolotl config", "logitguard")
+    if isinstance(block, BaseModel):
+        block = block.model_dump()
+    elif isinstance(block, Mapping):  # Axolotl's DictDefault answers None for any attribute: read it as a mapping
+        block = dict(block)
+    return str_block(block, "axolotl config", "logitguard")
 
 
 class LogitGuardPlugin(BasePlugin):
