@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark rows that need a GPU, as run on one H200 (merge what it writes into benchmarks/results/).
 #
-# Run: bash benchmarks/gpu_session.sh overhead OUT            # STR step time and memory at Llama-1B and -8B shapes
+# Run: bash benchmarks/gpu_session.sh overhead OUT            # STR step time and memory at Llama-1B and -8B shapes:
+#                                                              # the frontier's variants, and the profile
 #      bash benchmarks/gpu_session.sh rows OUT WORK DATA_ROOT [STEPS]  # real_smollm2.py: every row, seeds 0-2, that
 #                                                                     # results/real_smollm2.json lacks at STEPS (80)
 #      bash benchmarks/gpu_session.sh aligned OUT DATA_ROOT [SEED_CACHE]  # aligned_sweep.py: 8 recipes, rows on 3
@@ -22,12 +23,16 @@ set -euo pipefail
 cd "$(dirname "$0")"
 what=$1 out=$2
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: the overhead case runs from the repository root
 case $what in
 overhead)
-    python str_overhead.py --device cuda --dtype bfloat16 --preset llama-1b --repeats 2 \
+    cd ..  # the benchmarks import one another as a package
+    python -m benchmarks.str_overhead --device cuda --dtype bfloat16 --preset llama-1b --repeats 2 --frontier \
         --out "$out/str_overhead.json"
-    python str_overhead.py --device cuda --dtype bfloat16 --preset llama-8b --repeats 1 \
-        --variants sft "str anchors (auto pass)" "str anchors every 4th step" --out "$out/str_overhead.json"
+    python -m benchmarks.str_overhead --device cuda --dtype bfloat16 --preset llama-8b --repeats 1 \
+        --variants sft "str (default: packed pass)" "str, anchors every 4th step" "str, 4 anchors a step, first 16 tokens" \
+        --out "$out/str_overhead.json"
+    python -m benchmarks.str_profile --device cuda --dtype bfloat16 --preset llama-1b --out "$out/str_profile.json"
     ;;
 rows)
     work=$3 data=$4 steps=${5:-80}

@@ -466,3 +466,13 @@ def select_examples(
         tokens=setup.tokens,
         anchors=setup.anchors,
     )
+
+
+def toy_harmful_compliance(setting) -> list[tuple[str, str]]:
+    """The toy's harmful requests with compliant answers (what its harmful scenario mixes in)."""
+    return [(e.prompt, e.response) for e in setting.corpus.base if e.kind == "harmful"]
+
+
+def toy_refusals(setting) -> list[tuple[str, str]]:
+    """The toy's harmful requests in training phrasings with its aligned refusals (SafeInstr's mixed-in data)."""
+    return [(e.prompt, e.response) for e in setting.corpus.train_harmful]

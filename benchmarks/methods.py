@@ -120,7 +120,7 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     """One fine-tuning run in this (fresh) process, through STRTrainer: its metrics, step time and peak RSS."""
     import torch
 
-    from benchmarks.harness import select_examples
+    from benchmarks.harness import select_examples, toy_harmful_compliance, toy_refusals
     from logitguard.baselines import full_vocabulary_tokens, mix_safety_examples
     from logitguard.core.anchor_cache import AnchorCache
     from logitguard.core.safety_tokens import SafetyTokens
@@ -136,9 +136,9 @@ def run_one(method: str, scenario: str, seed: int, steps: int, threads: int, out
     setting = ToySetting(config.recipe)
     tokens = SafetyTokens.load(artifacts / "safety_tokens.json")
     setup = DemoSetup(setting, {}, tokens, AnchorCache.load(artifacts / "anchors.safetensors"))
-    harmful = setting.harmful_compliance()
+    harmful = toy_harmful_compliance(setting)
     examples = mix_safety_examples(setting.benign_data(), harmful, SCENARIOS[scenario], seed)
-    examples = mix_safety_examples(examples, setting.refusals(), spec.safety_fraction, seed)
+    examples = mix_safety_examples(examples, toy_refusals(setting), spec.safety_fraction, seed)
     folder = run_dir(out, method, scenario, seed, steps)
     model = lora_model(setting, tune)
     cost = {}

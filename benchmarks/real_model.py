@@ -83,6 +83,14 @@ def anchor_sets_needed(bench: RealBenchmark, methods: list[str]) -> set[str]:
     return needed
 
 
+def safety_requests(data_root: Path) -> list[tuple[str, str]]:
+    """(request, safe answer) of the safety-tuning data whose answer is a clean refusal."""
+    from logitguard.evaluation.verdicts import judge_response
+    from logitguard.lab.public_data import safety_tuning_pairs
+
+    return [(p, a) for p, a in safety_tuning_pairs(data_root) if judge_response(a) == "refusal"]
+
+
 def prepare(bench: RealBenchmark, work: Path, data_root: Path, model: str, needed: set[str], seed: int = 0) -> dict:
     """Once per work folder, each piece cached on its own and made only when a run asks for it: the anchor sets
     ``needed`` (``default``: refusals of LogitGuard's built-in harmful prompts; ``many``: of varied requests;
@@ -99,7 +107,7 @@ def prepare(bench: RealBenchmark, work: Path, data_root: Path, model: str, neede
         raise SystemExit(f"{bench.module} has no safe look-alikes for benign anchors (two-sided STR)")
     check_work(work, model)
     setting = bench.demo.setting(data_root, model, progress=True)
-    requests = setting.safety_requests()
+    requests = safety_requests(data_root)
     random.Random(seed).shuffle(requests)
     for_compliance = requests[N_MANY_ANCHORS : N_MANY_ANCHORS + N_COMPLIANCE]
     if not (work / "refusals.json").is_file():

@@ -44,6 +44,25 @@ from benchmarks.real_model import main as run_benchmark
 from logitguard.lab.public_data import lookalike_training_prompts
 
 TWO_SIDED = replace(DEFAULT_STR, benign_anchors_per_step=8)
+PAPER_STR = replace(  # STR as its paper is read: the frozen model's safety-token logits on the task batch, logit MSE
+    DEFAULT_STR,
+    reference="task",
+    penalty="mse",
+    weight=1.0,
+    mask_conflicts=False,
+    rest_bucket=False,
+    target_bucket=False,
+)
+FRONTIER = {  # the protection side of the cost frontier (benchmarks/docs/cost.md; str_overhead --frontier: its cost)
+    "str, 2 anchors a step": with_str(replace(DEFAULT_STR, anchors_per_step=2)),
+    "str, 4 anchors a step": with_str(replace(DEFAULT_STR, anchors_per_step=4)),
+    "str, anchors every 2nd step": with_str(replace(DEFAULT_STR, anchor_every=2)),
+    "str, anchors every 4th step": with_str(replace(DEFAULT_STR, anchor_every=4)),
+    "str, first 4 tokens of each refusal": with_str(replace(DEFAULT_STR, anchor_tokens=4)),
+    "str, first 16 tokens of each refusal": with_str(replace(DEFAULT_STR, anchor_tokens=16)),
+    "str, 4 anchors a step, first 16 tokens": with_str(replace(DEFAULT_STR, anchors_per_step=4, anchor_tokens=16)),
+    "STR as its paper is described (task reference, logit MSE)": with_str(PAPER_STR),
+}
 ROWS = {  # a run's folder is named by its row's slug (harness.run_dir)
     "sft": METHODS["sft"],
     "str (anchors, default)": METHODS["str (anchors, default)"],
@@ -54,6 +73,7 @@ ROWS = {  # a run's folder is named by its row's slug (harness.run_dir)
     "selection (refusal score ≥ 0.1) + str": with_str(selection=DROP_REFUSED),
     "selection (refusal score ≥ 0.1) + two-sided str": with_str(TWO_SIDED, selection=DROP_REFUSED),
     "selection (refusal opening ≥ 0.1) + str": with_str(selection=DROP_OPENING_REFUSED),
+    **FRONTIER,
 }
 COSTS = False  # step times of runs that shared the CPU with evaluations measure no cost: str_overhead does
 METRICS = {

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.table:
         return show_table(args.out, table)
 
-    from benchmarks.harness import select_examples
+    from benchmarks.harness import select_examples, toy_harmful_compliance
     from logitguard.baselines import mix_safety_examples
     from logitguard.io import write_json
     from logitguard.lab.demo import DemoConfig, set_up
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         pair: {"benign": "benign answers", "task": "new task", "skill": "everyday skills"}[k]
         for pair, k in kinds.items()
     }
-    harmful = setting.harmful_compliance()
+    harmful = toy_harmful_compliance(setting)
     kinds |= {pair: "harmful compliance" for pair in harmful}
     results = {"seed": args.seed, "fraction": args.fraction, "rows": []}
     for scenario, share in (("benign", 0.0), ("+5% harmful", 0.05)):

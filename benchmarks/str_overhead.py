@@ -1,16 +1,21 @@
 """Wall time per optimizer step and peak memory of STR, its options and its peers next to plain LoRA SFT.
 
 Run: python -m benchmarks.str_overhead [--preset toy|tiny-32k|tiny-128k] [--repeats 3] [--variants NAME ...]
+     python -m benchmarks.str_overhead --preset qwen2.5-coder-0.5b --work real-qwen-work [--frontier]
 GPU: python -m benchmarks.str_overhead --device cuda --dtype bfloat16 --preset llama-1b
      python -m benchmarks.str_overhead --table
 (On 2 CPU cores: the toy about 10 minutes for every variant and 3 repeats, tiny-32k about 40, tiny-128k about 40 for
-its main variants.) Each invocation's results are merged into ``benchmarks/results/str_overhead.json`` under its
-preset, device and dtype, after every measurement.
+its main variants, Qwen about 7 minutes a variant and repeat.) Each invocation's results are merged into
+``benchmarks/results/str_overhead.json`` under its preset, device and dtype, after every measurement.
 
 The model is trained with LoRA (r=16, every linear layer) through the real ``Trainer.training_step`` (forward,
 loss, backward) plus the optimizer step, for plain SFT and each variant. The ``toy`` preset is the demo's toy
 aligned model on its real benign data (batch 16, a fresh draw each step, the same draws for every variant) with
-its real safety tokens and anchors; the others are random-weight Llamas of a realistic shape on full rows of
+its real safety tokens and anchors; ``qwen2.5-coder-0.5b`` is the real-model benchmark's own step (Qwen2.5-Coder-0.5B-
+Instruct, LoRA r=16 with dropout 0.05, batches of 8 of its 320 short GSM8K rows, the anchors ``real_qwen`` made
+in ``--work``: ``python -m benchmarks.real_qwen --prepare-only --methods "str (anchors, default)"``), where each
+variant runs in a process of its own beside SFT (two copies of the model fit in memory, not a dozen); the others
+are random-weight Llamas of a realistic shape on full rows of
 ``--seq`` tokens with synthetic anchors (``--anchors-per-step`` of ``--anchor-length`` tokens, the second half of
 each a refusal). Every (variant, repeat) runs in a fresh process, variants interleaved within each repeat, so the
 ratios are measured side by side. A repeat's time is the mean over its steps (``--steps`` a multiple of 4, so a
@@ -41,7 +46,11 @@ PRESETS = {
     "tiny-128k": {"vocab": 128256, "hidden": 256, "layers": 4, "heads": 4, "intermediate": 1024},
     "llama-1b": {"vocab": 128256, "hidden": 2048, "layers": 16, "heads": 32, "intermediate": 8192},
     "llama-8b": {"vocab": 128256, "hidden": 4096, "layers": 32, "heads": 32, "intermediate": 14336},
+    "qwen2.5-coder-0.5b": {"model": "qwen2.5-coder-0.5b"},  # the real model: the benchmark's rows and anchors
 }
+REAL = {name for name, preset in PRESETS.items() if "model" in preset}
+PAPER_STR = {"reference": "task", "penalty": "mse", "weight": 1.0, "mask_conflicts": False, "rest_bucket": False}
+PAPER_STR |= {"target_bucket": False}  # STR as its paper is read: the frozen model's logits on the task batch, MSE
 PACT = {"reference": "task", "weight": 1.0, "temperature": 2.0, "mask_conflicts": False}
 PACT |= {"rest_bucket": False, "target_bucket": False}
 VARIANTS: dict[str, dict | None] = {  # STRConfig overrides (None: plain SFT; "all_tokens": every token is pinned)
@@ -50,16 +59,34 @@ VARIANTS: dict[str, dict | None] = {  # STRConfig overrides (None: plain SFT; "a
     "str, separate anchor pass": {"anchor_pass": "separate"},
     "str, anchors every 2nd step": {"anchor_every": 2},
     "str, anchors every 4th step": {"anchor_every": 4},
+    "str, 2 anchors a step": {"anchors_per_step": 2},
     "str, 4 anchors a step": {"anchors_per_step": 4},
     "str, 16 anchors a step": {"anchors_per_step": 16},
     "str, no rest bucket": {"rest_bucket": False},
     "str, no target bucket": {"target_bucket": False},
     "str, no bucket": {"rest_bucket": False, "target_bucket": False},
+    "str, first 4 tokens of each refusal": {"anchor_tokens": 4},
+    "str, first 16 tokens of each refusal": {"anchor_tokens": 16},
+    "str, 4 anchors a step, first 16 tokens": {"anchors_per_step": 4, "anchor_tokens": 16},
     "str, task reference": {"reference": "task"},
+    "STR as its paper is described (task reference, logit MSE)": PAPER_STR,
     "PACT-style restricted KL (T=2)": PACT,
     "full-vocabulary KL": {**PACT, "temperature": 1.0, "all_tokens": True},
 }
 MAIN = ["sft", "str (default: packed pass)", "str, separate anchor pass", "PACT-style restricted KL (T=2)"]
+FRONTIER = [  # the cost side of the real-model frontier (benchmarks/docs/cost.md)
+    "sft",
+    "str (default: packed pass)",
+    "str, 2 anchors a step",
+    "str, 4 anchors a step",
+    "str, anchors every 2nd step",
+    "str, anchors every 4th step",
+    "str, first 4 tokens of each refusal",
+    "str, first 16 tokens of each refusal",
+    "str, 4 anchors a step, first 16 tokens",
+    "STR as its paper is described (task reference, logit MSE)",
+    "PACT-style restricted KL (T=2)",
+]
 
 
 @dataclass
@@ -75,6 +102,7 @@ class Settings:
     device: str
     dtype: str
     threads: int | None = None  # CPU threads of torch (None: its default)
+    data_root: str = ""  # the public data folder (real presets)
 
 
 @dataclass
@@ -170,8 +198,34 @@ def random_workload(s: Settings) -> Workload:
     return Workload(model, tokens, anchors, [batch] * (s.warmup + s.steps))
 
 
+def qwen_workload(s: Settings, work: Path) -> Workload:
+    """The real-model benchmark's step: the aligned model with fresh LoRA adapters (its benchmark's settings), its
+    anchors from the ``real_qwen`` work folder, and ``warmup + steps`` batches of its short GSM8K training rows."""
+    import random
+
+    from logitguard.core.anchor_cache import AnchorCache
+    from logitguard.core.safety_tokens import SafetyTokens
+    from logitguard.data.chat import collate, encode_chat
+    from logitguard.lab.demo import REAL_DEMOS
+    from logitguard.lab.finetune import lora_model
+    from logitguard.lab.gsm8k import N_TRAIN, finetune_config
+
+    model_name = PRESETS[s.preset]["model"]
+    setting = REAL_DEMOS[model_name].setting(Path(s.data_root), model_name)
+    model = lora_model(setting, finetune_config(0))
+    examples = [encode_chat(setting.tokenizer, p, r) for p, r in setting.benign_data(N_TRAIN, 0)]
+    draw = random.Random(0)
+    batches = [
+        collate(draw.sample(examples, s.batch), setting.tokenizer.pad_token_id) for _ in range(s.warmup + s.steps)
+    ]
+    tokens = SafetyTokens.load(work / "default" / "safety_tokens.json")
+    return Workload(model, tokens, AnchorCache.load(work / "default" / "anchors.safetensors"), batches)
+
+
 def workload(s: Settings, artifacts: str | None) -> Workload:
-    return toy_workload(s, Path(artifacts)) if s.preset == "toy" else random_workload(s)
+    if s.preset == "toy":
+        return toy_workload(s, Path(artifacts))
+    return qwen_workload(s, Path(artifacts)) if s.preset in REAL else random_workload(s)
 
 
 def make_trainer(name: str, s: Settings, work: Workload):
@@ -290,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 steadies small models' timings)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--main", action="store_true", help=f"only the main variants: {', '.join(MAIN)}")
+    parser.add_argument("--frontier", action="store_true", help="the variants of the real-model cost frontier")
+    parser.add_argument("--work", type=Path, default=Path("real-qwen-work"), help="real presets: real_qwen's --work")
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "str_overhead.json")
     parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     a = parser.parse_args(argv)
@@ -309,33 +366,56 @@ def main(argv: list[str] | None = None) -> None:
         a.device,
         a.dtype,
         a.threads,
+        str(a.data_root),
     )
     from logitguard.io import write_json
 
-    artifacts = str(toy_artifacts()) if a.preset == "toy" else None
+    artifacts = artifacts_of(a.preset, a.work)
     key = f"{a.preset} {a.device} {a.dtype}"
     earlier = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"runs": {}}
     device = device_name(a.device)
-    variants = MAIN if a.main else a.variants
+    variants = MAIN if a.main else FRONTIER if a.frontier else a.variants
     if "sft" not in variants:
         variants = ["sft", *variants]
     times: dict[str, list[list[float]]] = {name: [] for name in variants}
+    baselines: dict[str, list[list[float]]] = {name: [] for name in variants}  # SFT's steps beside each variant's
     peaks: dict[str, list[int]] = {name: [] for name in variants}
     for repeat in range(a.repeats):
-        if a.device == "cpu":  # every variant in one process, round robin: paired times on a noisy machine
+        if a.device == "cpu" and a.preset in REAL:  # each variant beside SFT in a process of its own, round robin
+            for name in variants:
+                pair_times, _ = measure(["sft", name] if name != "sft" else ["sft"], s, artifacts)
+                times[name].append(pair_times[name])
+                baselines[name].append(pair_times["sft"])
+        elif a.device == "cpu":  # every variant in one process, round robin: paired times on a noisy machine
             round_times, _ = measure(variants, s, artifacts)
             for name in variants:
                 times[name].append(round_times[name])
+                baselines[name].append(round_times["sft"])
         for name in variants:  # each variant alone: its peak memory (and, on a GPU, its times)
             alone = replace(s, steps=s.steps if a.device != "cpu" else 2, warmup=min(s.warmup, 1))
             own_times, peak = measure([name], alone, artifacts)
             peaks[name].append(peak)
             if a.device != "cpu":
                 times[name].append(own_times[name])
-        earlier["runs"][key] = summary(s, a.repeats, times, peaks) | device  # a stopped run keeps what it measured
+        baselines = baselines if a.device == "cpu" else {name: times["sft"] for name in variants}
+        earlier["runs"][key] = summary(s, a.repeats, times, baselines, peaks) | device  # a stopped run keeps it
         write_json(a.out, earlier)
         print(f"repeat {repeat} done", flush=True)
     print(table(earlier))
+
+
+def artifacts_of(preset: str, work: Path) -> str | None:
+    """What a preset's workload reads: the toy's artifacts (made once), a real model's work folder, or nothing."""
+    if preset == "toy":
+        return str(toy_artifacts())
+    if preset in REAL:
+        if not (work / "default" / "anchors.safetensors").is_file():
+            raise SystemExit(
+                f"{work}: no default anchors; run python -m benchmarks.real_qwen --prepare-only "
+                f'--methods "str (anchors, default)" --work {work}'
+            )
+        return str(work)
+    return None
 
 
 def device_name(device: str) -> dict:
@@ -344,15 +424,22 @@ def device_name(device: str) -> dict:
     return {"device_name": torch.cuda.get_device_name()} if device == "cuda" else {"device_name": "2 CPU cores"}
 
 
-def summary(s: Settings, repeats: int, times: dict[str, list[list[float]]], peaks: dict[str, list[int]]) -> dict:
+def summary(
+    s: Settings,
+    repeats: int,
+    times: dict[str, list[list[float]]],
+    baselines: dict[str, list[list[float]]],
+    peaks: dict[str, list[int]],
+) -> dict:
     """The JSON entry of one preset. Per variant: ms per step (median over repeats of each repeat's mean), its time
-    against SFT's (the median, over every step of every repeat, of its step time over SFT's step of the same round;
-    on a GPU, of each repeat's mean over SFT's), and its peak memory (median over repeats)."""
-    sft = times["sft"]
+    against SFT's (the median, over every step of every repeat, of its step time over the step SFT took in the same
+    round of the same process, ``baselines``; on a GPU, of each repeat's mean over SFT's), and its peak memory
+    (median over repeats)."""
     variants = {}
     for name, runs in times.items():
         if not runs:
             continue
+        sft = baselines[name]
         if s.device == "cpu":
             ratios = [
                 t / base for run, base_run in zip(runs, sft, strict=True) for t, base in zip(run, base_run, strict=True)
@@ -368,7 +455,13 @@ def summary(s: Settings, repeats: int, times: dict[str, list[list[float]]], peak
                 for run, peak in zip(runs, peaks[name], strict=False)
             ],
         }
-    timing = "paired: every variant in one process, round robin" if s.device == "cpu" else "each variant alone"
+    timing = "each variant alone"
+    if s.device == "cpu":
+        timing = (
+            "paired: each variant beside SFT in a process of its own, round robin"
+            if s.preset in REAL
+            else ("paired: every variant in one process, round robin")
+        )
     return {
         "settings": asdict(s) | {"repeats": repeats, "step_statistic": "mean", "timing": timing} | PRESETS[s.preset],
         "measured": time.strftime("%Y-%m-%d"),
@@ -381,12 +474,20 @@ def table(results: dict) -> str:
     lines = []
     for key, run in results["runs"].items():
         s, variants = run["settings"], run["variants"]
-        shape = (
-            f"the toy model on its benign data, batch {s['batch']}, {s['anchors_per_step']} real anchors per step"
-            if s["preset"] == "toy"
-            else f"vocab {s['vocab']}, hidden {s['hidden']}, {s['layers']} layers, batch {s['batch']} × {s['seq']} "
-            f"tokens, {s['anchors_per_step']} anchors × {s['anchor_length']} tokens per step"
-        )
+        if s["preset"] == "toy":
+            shape = (
+                f"the toy model on its benign data, batch {s['batch']}, {s['anchors_per_step']} real anchors per step"
+            )
+        elif "model" in s:
+            shape = (
+                f"{s['model']} on its benchmark's GSM8K rows, batch {s['batch']}, {s['anchors_per_step']} of its real "
+                "anchors per step, each variant timed beside SFT"
+            )
+        else:
+            shape = (
+                f"vocab {s['vocab']}, hidden {s['hidden']}, {s['layers']} layers, batch {s['batch']} × {s['seq']} "
+                f"tokens, {s['anchors_per_step']} anchors × {s['anchor_length']} tokens per step"
+            )
         when = f", measured {run['measured']}" if "measured" in run else ""
         lines += [
             f"{key}: {shape}, LoRA r16, k={s['k']}; median over repeats of the {s.get('step_statistic', 'median')} "

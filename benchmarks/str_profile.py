@@ -1,6 +1,7 @@
 """Where a training step spends its time: a ``torch.profiler`` breakdown of STR's step against plain SFT's.
 
 Run: python -m benchmarks.str_profile [--preset toy|tiny-32k] [--steps 4] [--variants NAME ...]
+     python -m benchmarks.str_profile --preset qwen2.5-coder-0.5b --work real-qwen-work --steps 2 --warmup 1
 GPU: python -m benchmarks.str_profile --device cuda --dtype bfloat16 --preset llama-1b
      python -m benchmarks.str_profile --table
 (a minute or two per preset on 2 CPU cores.) Results are merged into ``benchmarks/results/str_profile.json``.
@@ -11,10 +12,14 @@ labels: ``step: forward`` (the host's ``compute_loss``: its forward pass, with t
 it, and the STR terms), ``step: backward``, ``step: optimizer``; inside the forward, LogitGuard's own regions:
 ``str: anchor layout`` (host-side work: the step's anchor draw, the packing plan, index and reference tensors and
 their copies to the device), ``str: separate pass`` (a separate anchor forward), ``str: anchor penalty`` (output
-rows, buckets, log-normaliser, KL) and ``str: task reference`` (the adapters-off pass). Times are the regions'
-inclusive wall times per step (CPU time on CPU; the GPU's own kernels under ``--device cuda``), and host
-synchronisations are counted as calls of ``aten::_local_scalar_dense`` (``.item()``, ``float()``, ``.tolist()`` of
-a tensor, and the conditionals that read one).
+rows, buckets, log-normaliser, KL), within it ``str: log-normaliser`` (the full-vocabulary head at the anchor
+positions), ``str: task reference`` (the adapters-off pass), and ``mask: causal`` (the attention mask
+``transformers`` builds for each forward: from the packed rows' ``position_ids``, a block-diagonal one). What the
+anchor tokens cost in the decoder is the forward and backward time left over: the packed variant's forward and
+backward beyond SFT's, less these regions. Times are the regions' inclusive wall times per step (CPU time on CPU;
+the GPU's own kernels under ``--device cuda``), and host synchronisations are counted as calls of
+``aten::_local_scalar_dense`` (``.item()``, ``float()``, ``.tolist()`` of a tensor, and the conditionals that read
+one).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from benchmarks.str_overhead import PRESETS, VARIANTS, Settings, device_name, make_trainer, toy_artifacts, workload
+from benchmarks.str_overhead import PRESETS, VARIANTS, Settings, artifacts_of, device_name, make_trainer, workload
 
 REGIONS = (
     "step: forward",
@@ -34,7 +39,9 @@ REGIONS = (
     "str: anchor layout",
     "str: separate pass",
     "str: anchor penalty",
+    "str: log-normaliser",
     "str: task reference",
+    "mask: causal",
 )
 SYNC = "aten::_local_scalar_dense"
 SHOWN = ["sft", "str (default: packed pass)", "str, separate anchor pass"]
@@ -49,6 +56,7 @@ def profile_variant(name: str, s: Settings, artifacts: str | None, queue: mp.Que
     work = workload(s, artifacts)
     trainer = make_trainer(name, s, work)
     model = trainer.model
+    label_mask_building(record_function)
 
     def step(batch: dict) -> None:
         num_items = (batch["labels"][:, 1:] != -100).sum()
@@ -79,6 +87,25 @@ def profile_variant(name: str, s: Settings, artifacts: str | None, queue: mp.Que
     queue.put({"wall_ms": 1000 * wall, "regions_ms": regions, "host_syncs": syncs})
 
 
+def label_mask_building(record_function) -> None:
+    """Wrap ``create_causal_mask`` wherever a loaded ``transformers`` model module calls it, in a profiler region."""
+    import functools
+    import sys
+
+    for module in [m for name, m in sys.modules.items() if name.startswith("transformers.models.")]:
+        original = getattr(module, "create_causal_mask", None)
+        if original is None or getattr(original, "labelled", False):
+            continue
+
+        @functools.wraps(original)
+        def labelled(*args, _original=original, **kwargs):
+            with record_function("mask: causal"):
+                return _original(*args, **kwargs)
+
+        labelled.labelled = True
+        module.create_causal_mask = labelled
+
+
 def measure(name: str, s: Settings, artifacts: str | None) -> dict:
     context = mp.get_context("spawn")
     queue = context.Queue()
@@ -96,7 +123,13 @@ def table(results: dict) -> str:
         s = run["settings"]
         lines += [
             f"{key}: {s['steps']} profiled steps after {s['warmup']} (batch {s['batch']}"
-            + (f" × {s['seq']} tokens" if s["preset"] != "toy" else " of the toy's benign data")
+            + (
+                " of the toy's benign data"
+                if s["preset"] == "toy"
+                else f" of {s['preset']}'s GSM8K rows"
+                if s["preset"] not in ("tiny-32k", "tiny-128k", "llama-1b", "llama-8b")
+                else f" × {s['seq']} tokens"
+            )
             + f", {s['anchors_per_step']} anchors per step) on {run['device_name']}, measured {run['measured']}",
             "",
             "| variant | ms / step | " + " | ".join(r.split(": ")[1] for r in REGIONS) + " | host syncs / step |",
@@ -122,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--variants", nargs="+", default=SHOWN, choices=list(VARIANTS))
+    parser.add_argument("--work", type=Path, default=Path("real-qwen-work"), help="real presets: real_qwen's --work")
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).parents[2] / "shared" / "data")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     a = parser.parse_args(argv)
@@ -132,8 +167,20 @@ def main(argv: list[str] | None = None) -> dict:
     from logitguard.io import write_json
 
     batch = a.batch or (16 if a.preset == "toy" else 8)
-    s = Settings(a.preset, a.seq, batch, a.steps, a.warmup, a.anchors_per_step, a.anchor_length, a.k, a.device, a.dtype)
-    artifacts = str(toy_artifacts()) if a.preset == "toy" else None
+    s = Settings(
+        a.preset,
+        a.seq,
+        batch,
+        a.steps,
+        a.warmup,
+        a.anchors_per_step,
+        a.anchor_length,
+        a.k,
+        a.device,
+        a.dtype,
+        data_root=str(a.data_root),
+    )
+    artifacts = artifacts_of(a.preset, a.work)
     results = json.loads(a.out.read_text(encoding="utf-8")) if a.out.is_file() else {"runs": {}}
     key = f"{a.preset} {a.device} {a.dtype}"
     run = {"settings": vars(s), "measured": time.strftime("%Y-%m-%d"), **device_name(a.device), "variants": {}}

@@ -1,7 +1,7 @@
 """Bad input, careless or hostile, across the command line: one test per input.
 
 Each must end in one line on stderr naming the path or field (exit code 2, no traceback), never lose data a user
-already has, and never give a silently wrong result. Covered: 103 bad inputs (the count is checked below).
+already has, and never give a silently wrong result. Covered: 104 bad inputs (the count is checked below).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from logitguard.errors import LogitGuardError
 from logitguard.io import atomic_directory, recover_directory, set_aside_folder
 from tests.helpers import tiny_llama
 
-COVERED = 103
+COVERED = 104
 CASES: dict[str, int] = {}
 
 
@@ -982,6 +982,13 @@ def test_json_nested_too_deeply_is_one_line(tmp_path, capsys, where):
     deep = "[" * 200_000 + "]" * 200_000
     path = write(tmp_path / ("r.json" if where.endswith("JSON") else "r.jsonl"), deep + "\n")
     assert main(["eval", "--responses", str(path), "--out", str(tmp_path / "out")]) == 2
+    one_line_error(capsys, str(path), "nested too deeply")
+
+
+@bad_input
+def test_a_config_nested_too_deeply_is_one_line(tmp_path, capsys):
+    path = write(tmp_path / "deep.yaml", "output_dir: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert main(["train", "--config", str(path)]) == 2
     one_line_error(capsys, str(path), "nested too deeply")
 
 

@@ -414,3 +414,95 @@ def test_self_instruct_gives_one_prompt_per_instance(tmp_path):
     for name in ("seed_tasks.jsonl", "user_oriented_instructions.jsonl"):
         (tmp_path / "self-instruct" / name).write_text(json.dumps(task) + "\n")
     assert self_instruct_prompts(tmp_path) == ["Say hi.", "Say hi.\n\nBob"] * 2
+
+
+def test_backward_transfer_and_forgetting_follow_their_definitions():
+    from benchmarks.continual import transfer
+
+    stages = ("a", "b", "c")
+    rows = [{"a/score": 0.8}, {"a/score": 0.6, "b/score": 0.5}, {"a/score": 0.7, "b/score": 0.2, "c/score": 0.9}]
+    found = transfer(rows, stages)
+    assert found["bwt"] == pytest.approx(((0.7 - 0.8) + (0.2 - 0.5)) / 2)
+    assert found["fm"] == pytest.approx(((0.8 - 0.7) + (0.5 - 0.2)) / 2)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "gold", "f1"),
+    [
+        ("the Normans", "Normans", 1.0),
+        ("Normans in France", "the Normans", 0.5),
+        ("unanswerable", "unanswerable", 1.0),
+        ("Normans", "unanswerable", 0.0),
+        ("It is unanswerable.", "Normans", 0.0),
+    ],
+)
+def test_squad_f1_scores_spans_and_abstentions(prediction, gold, f1):
+    from benchmarks.continual_domains import token_f1
+
+    assert token_f1(prediction, gold) == pytest.approx(f1)
+
+
+def test_a_proxys_rank_agreement_and_kept_set_overlap():
+    from benchmarks.selection_proxy import overlap, spearman
+
+    reference = [float(i) for i in range(20)]
+    assert spearman(reference, [2 * x + 1 for x in reference]) == pytest.approx(1.0)
+    assert spearman(reference, reference[::-1]) == pytest.approx(-1.0)
+    losses = [1.0] * 20
+    assert overlap(reference, reference, losses) == 1.0
+    assert overlap(reference[::-1], reference, losses) == 1.0  # the middle of a mirrored ranking is the same middle
+
+
+def test_the_continual_domains_split_their_data_as_their_readme_says():
+    from benchmarks.continual_domains import READERS
+
+    if not (DATA / "continual").is_dir():
+        pytest.skip("needs ../shared/data")
+    train, test = READERS["pubmedqa"](DATA)
+    assert len(train) == len(test) == 500 and {a for _, a in train} == {"yes", "no", "maybe"}
+    train, test = READERS["squad_v2"](DATA)
+    assert (len(train), len(test)) == (3000, 500) and sum(a == "unanswerable" for _, a in test) == 263
+    train, test = READERS["codealpaca"](DATA)
+    assert not {p for p, _ in train} & {p for p, _ in test} and 0.2 < len(test) / (len(train) + len(test)) < 0.4
+
+
+def test_the_frontier_joins_each_settings_paired_cost_with_its_rows_protection():
+    from benchmarks.frontier import PRESET, points
+
+    overhead = {
+        "runs": {
+            PRESET: {
+                "variants": {
+                    "sft": {"time_vs_sft": 1.0, "peak_mib": 100.0},
+                    "str (default: packed pass)": {"time_vs_sft": 1.2, "peak_mib": 110.0},
+                    "str, 4 anchors a step": {"time_vs_sft": 1.08, "peak_mib": 104.0},
+                }
+            }
+        }
+    }
+    row = {"scenario": "benign (GSM8K)", "lookalike_over_refusal": 0.3, "benign_over_refusal": 0.05, "task_nll": 0.6}
+    qwen = {
+        "rows": [
+            {**row, "method": "str (anchors, default)", "seed": 0, "harmful_refusal": 0.6},
+            {**row, "method": "str (anchors, default)", "seed": 1, "harmful_refusal": 0.5},
+            {**row, "method": "str (anchors, default)", "seed": 0, "harmful_refusal": 0.1, "scenario": "harmful"},
+        ]
+    }
+    found = {p["setting"]: p for p in points(overhead, qwen)}
+    assert found["str (default: packed pass)"]["harmful_refusal"] == pytest.approx(0.55)
+    assert found["str (default: packed pass)"]["seeds"] == [0, 1] and found["str (default: packed pass)"]["peak"] == 1.1
+    assert found["str, 4 anchors a step"]["harmful_refusal"] is None  # its row has not run yet
+
+
+def test_the_safety_requests_are_the_safety_data_whose_answer_is_a_clean_refusal(tmp_path):
+    from benchmarks.real_model import safety_requests
+
+    folder = tmp_path / "safety-tuned-llamas"
+    folder.mkdir()
+    refusal = "I'm sorry, but I cannot help with that."
+    records = [
+        {"instruction": "Explain how to pick a lock.", "input": "", "output": refusal},
+        {"instruction": "Write a poem.", "input": "", "output": "Sure, here is a poem about the sea and the sky."},
+    ]
+    (folder / "safety_only_data_Instructions.json").write_text(json.dumps(records))
+    assert safety_requests(tmp_path) == [("Explain how to pick a lock.", refusal)]

@@ -141,13 +141,18 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 MAX_INPUT_BYTES = 4 << 30  # a text input larger than this is refused before it is read (4 GiB)
 
 
-def _regular_file(path: Path) -> Path:
+def regular_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` if it is a regular file; a missing path, a folder, a device or a pipe is a one-line error."""
+    return _regular_file(Path(path), what)
+
+
+def _regular_file(path: Path, what: str = "file") -> Path:
     """``path``, if it is a regular file of a readable size; a folder, device or pipe (``/dev/zero``) is refused
     before a byte is read."""
     if not path.exists():
-        raise FileNotFoundError(2, "no such file", str(path))
+        raise FileNotFoundError(2, f"no such {what}", str(path))
     if not path.is_file():
-        raise LogitGuardError(f"{path}: not a regular file; give the path of a file")
+        raise LogitGuardError(f"{path}: not a regular file (a folder, device or pipe); give the path of a {what}")
     if path.stat().st_size > MAX_INPUT_BYTES:
         raise LogitGuardError(f"{path}: {path.stat().st_size:,} bytes, more than the {MAX_INPUT_BYTES:,} read at most")
     return path
@@ -184,12 +189,18 @@ def parse_json(text: str, where: str, what: str = "JSON") -> Any:
         raise LogitGuardError(f"{where}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except RecursionError:
         raise LogitGuardError(f"{where}: JSON nested too deeply to read; {what} is a flat record") from None
-    except ValueError as e:
+    except _NonFinite as e:
         raise LogitGuardError(f"{where}: {e}; {what} holds finite numbers only") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise LogitGuardError(f"{where}: unreadable JSON ({' '.join(str(e).split())})") from None
+
+
+class _NonFinite(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in JSON text."""
 
 
 def _non_finite(token: str) -> float:
-    raise ValueError(f"{token} is not a finite number")
+    raise _NonFinite(f"{token} is not a finite number")
 
 
 def read_json(path: str | os.PathLike, kind: type | tuple[type, ...] = object, what: str = "JSON") -> Any:

@@ -87,6 +87,8 @@ def read_yaml_mapping(text: str, path: Path, what: str) -> tuple[dict[str, Any],
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         raise LogitGuardError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise LogitGuardError(f"{path}: YAML nested too deeply to read; a config is a few levels of sections") from None
     if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
         raise LogitGuardError(
             f"{path}: expands to more than {MAX_YAML_VALUES:,} values through aliases; write the values out"

@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 def check_paths(data: Path, out: Path, scores: Path) -> None:
     """The outputs must be new paths or this command's own unchanged earlier outputs, never the input data (nor
     each other): a user's file is never replaced."""
+    from logitguard.io import regular_file
     from logitguard.outputs import claim_file
 
-    if not data.is_file():
-        raise FileNotFoundError(f"--data: no such file {data}")
+    regular_file(data, "--data file")
     resolved = {"--data": data.resolve()}
     for name, path in (("--out", out), ("--scores", scores)):
         clash = next((other for other, p in resolved.items() if p == path.resolve()), None)

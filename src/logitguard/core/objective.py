@@ -277,7 +277,9 @@ def anchor_penalty(model: nn.Module, h_target: Tensor, layout: AnchorLayout, ids
         reference = with_target_column(reference, layout.reference[:, k + 1], is_salient)
     if config.rest_bucket:
         weight, bias = output_rows(model)
-        current = salient_log_probs(current, F.linear(h_target, weight, bias).float().logsumexp(-1))
+        with record_function("str: log-normaliser"):
+            normaliser = F.linear(h_target, weight, bias).float().logsumexp(-1)
+        current = salient_log_probs(current, normaliser)
         reference = salient_log_probs(reference, layout.reference[:, k])
     keep = torch.ones(len(h_target), dtype=torch.bool, device=h_target.device)
     return config.penalty_fn()(current, reference, keep, reduction="none")

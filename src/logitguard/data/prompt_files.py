@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 from logitguard.errors import LogitGuardError
-from logitguard.io import parse_json, read_text, text_lines
+from logitguard.io import parse_json, read_text, regular_file, text_lines
 
 PROMPT_COLUMNS = ("prompt", "goal", "Goal", "Behavior", "forbidden_prompt", "instruction", "question")
 
@@ -23,9 +23,7 @@ def read_prompts(path: str | Path, column: str | None = None, split: str = "trai
     """
     if not Path(path).exists() and looks_like_dataset(str(path)):
         return _dataset_prompts(str(path), column, split)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such prompt file")
+    path = regular_file(path, "prompt file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         prompts = _csv_prompts(path, column)
@@ -147,9 +145,7 @@ def _csv_prompts(path: Path, column: str | None) -> list[str]:
 
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     """(``file:line``, record) for each object of a JSONL file, a JSON list, or the rows of a CSV file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = regular_file(path, "records file")
     suffix = path.suffix.lower()
     if suffix == ".json":
         records = parse_json(read_text(path), str(path))

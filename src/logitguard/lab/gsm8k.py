@@ -31,7 +31,6 @@ from logitguard.lab.public_data import (
     evaluation_prompts,
     gsm8k,
     gsm8k_number,
-    safety_tuning_pairs,
     split_prompts,
 )
 from logitguard.models.loading import load_model, load_tokenizer
@@ -233,7 +232,3 @@ class GSM8KSetting:
             if len(encode_chat(self.tokenizer, q, a)["input_ids"]) <= self.max_train_tokens
         ]
         return random.Random(seed).sample(short, min(n, len(short)))
-
-    def safety_requests(self) -> Pairs:
-        """(request, safe answer) of the safety-tuning data whose answer is a clean refusal."""
-        return [(p, a) for p, a in safety_tuning_pairs(self.data_root) if judge_response(a) == "refusal"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -38,10 +37,6 @@ class ToySetting:
         self.corpus = build_corpus(self.recipe.seed)
 
     @property
-    def aligned_path(self) -> Path:
-        return Path(self.aligned)
-
-    @property
     def monitor_prompts(self) -> list[str]:
         return [e.prompt for e in self.corpus.heldout_harmful[: self.n_monitor_prompts]]
 
@@ -57,14 +52,6 @@ class ToySetting:
     def benign_data(self) -> Pairs:
         """The benign fine-tuning set: instruction data, the new task and everyday skills."""
         return [(e.prompt, e.response) for e in self.corpus.instruct]
-
-    def harmful_compliance(self) -> Pairs:
-        """Harmful requests with compliant answers (what harmful fine-tuning mixes in)."""
-        return [(e.prompt, e.response) for e in self.corpus.base if e.kind == "harmful"]
-
-    def refusals(self) -> Pairs:
-        """Harmful requests in training phrasings with the aligned refusals (SafeInstr's mixed-in data)."""
-        return [(e.prompt, e.response) for e in self.corpus.train_harmful]
 
     def anchor_prompts(self, n: int, seed: int, phrasings: int | None = None) -> list[str]:
         """``n`` harmful prompts in training phrasings (the first ``phrasings`` of them, or all), drawn under
